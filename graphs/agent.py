@@ -1,0 +1,225 @@
+"""The agent graph: planner -> review -> execute -> planner ... -> report, with one human review per turn.
+
+The planner proposes tool calls; review asks a human (one ``interrupt()`` for every call policy says
+needs one) *before* anything runs, because an interrupt inside a tool executed by ToolNode with several
+calls in one message is unsafe (only one shows at a time and an approved tool can run twice).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import operator
+import time
+from typing import Annotated, Any, TypedDict
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.config import get_stream_writer
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.message import add_messages
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import interrupt
+
+from .errors import InvalidArguments, InvalidDecision
+from .ledger import ExecutionLedger, MemoryLedger
+from .policy import Policy
+from .review import build_request, check_response, rejection_text
+from .tools import ToolRegistry
+
+SYSTEM_PROMPT = """You are a chat-ops assistant for an operations team. You do operational tasks by calling tools.
+Propose every independent tool call the task needs in one turn. Some calls wait for a human to approve them;
+a rejected call did not run: do not retry it unless asked. When the work is done, answer with a short report
+of what ran and what it found."""
+
+
+class AgentState(TypedDict, total=False):
+    messages: Annotated[list[AnyMessage], add_messages]
+    # One record per review step: what policy and the human decided for each proposed call.
+    reviews: Annotated[list[dict[str, Any]], operator.add]
+    report: str
+    outcome: str  # "", "done", "cancelled", "expired"
+
+
+def last_ai_message(messages: list[AnyMessage]) -> AIMessage | None:
+    for message in reversed(messages):
+        if isinstance(message, AIMessage):
+            return message
+        if isinstance(message, HumanMessage):
+            return None
+    return None
+
+
+def message_text(message: AnyMessage) -> str:
+    content = message.content
+    if isinstance(content, str):
+        return content
+    return "".join(part.get("text", "") if isinstance(part, dict) else str(part) for part in content)
+
+
+def build_graph(
+    model: BaseChatModel,
+    registry: ToolRegistry,
+    policy: Policy,
+    *,
+    checkpointer: BaseCheckpointSaver | None = None,
+    ledger: ExecutionLedger | None = None,
+    system_prompt: str = SYSTEM_PROMPT,
+) -> CompiledStateGraph:
+    bound_model = model.bind_tools(registry.langchain_tools())
+    ledger = ledger or MemoryLedger()
+
+    async def planner(state: AgentState, config: RunnableConfig) -> dict[str, Any]:
+        response = await bound_model.ainvoke([SystemMessage(system_prompt), *state["messages"]], config)
+        return {"messages": [response]}
+
+    def review(state: AgentState, config: RunnableConfig) -> dict[str, Any]:
+        # Everything before interrupt() re-runs on resume: keep it pure.
+        ai = last_ai_message(state["messages"])
+        assert ai is not None and ai.tool_calls, "review runs only after the planner proposed tool calls"
+        outcomes: dict[str, dict[str, Any]] = {}
+        ask = []
+        for call in ai.tool_calls:
+            outcome = _policy_outcome(call, registry, policy)
+            if outcome is None:
+                ask.append(call)
+            else:
+                outcomes[call["id"]] = outcome
+        decided_by = None
+        if ask:
+            request = build_request(ask, registry, policy)
+            answer = interrupt(request)
+            while True:
+                try:
+                    decisions = check_response(request, answer, registry)
+                    break
+                except InvalidDecision as exc:  # re-ask the same review, saying what was wrong
+                    answer = interrupt({**request, "error": str(exc)})
+            decided_by = answer.get("decided_by")
+            for call, decision in zip(ask, decisions):
+                outcomes[call["id"]] = {"mode": "ask", **decision}
+
+        calls, rejections, record_calls = [], [], []
+        for call in ai.tool_calls:
+            outcome = outcomes[call["id"]]
+            args = outcome["edited_action"]["args"] if outcome["type"] == "edit" else call["args"]
+            calls.append({**call, "args": args})
+            record_calls.append(
+                {
+                    "tool_call_id": call["id"],
+                    "name": call["name"],
+                    "mode": outcome["mode"],
+                    "decision": outcome["type"],
+                    "args": args,
+                    "proposed_args": call["args"],
+                    "message": outcome.get("message", ""),
+                }
+            )
+            if outcome["type"] == "reject":
+                text = outcome.get("system") or rejection_text(call["name"], outcome.get("message", ""), decided_by)
+                rejections.append(ToolMessage(text, tool_call_id=call["id"], name=call["name"], status="error"))
+        kwargs = {k: v for k, v in ai.additional_kwargs.items() if k != "tool_calls"}
+        reviewed_ai = ai.model_copy(update={"tool_calls": calls, "additional_kwargs": kwargs})
+        record = {
+            # Unique per execution of this review step: a rewind replays it under a new task id.
+            "key": f"{config['configurable']['thread_id']}:{config['configurable'].get('checkpoint_ns', '')}",
+            "asked": bool(ask),
+            "decided_by": decided_by,
+            "at": time.time(),
+            "calls": record_calls,
+        }
+        return {"messages": [reviewed_ai, *rejections], "reviews": [record]}
+
+    async def execute(state: AgentState, config: RunnableConfig) -> dict[str, Any]:
+        write = get_stream_writer()
+        ai = last_ai_message(state["messages"])
+        assert ai is not None
+        answered = {m.tool_call_id for m in state["messages"] if isinstance(m, ToolMessage)}
+        review_key = state["reviews"][-1]["key"]
+        results = []
+        for call in ai.tool_calls:
+            if call["id"] in answered:
+                continue
+            key = f"{review_key}:{call['id']}"
+            if await ledger.claim(key):
+                write({"event": "tool_started", "tool_call_id": call["id"], "name": call["name"], "args": call["args"]})
+                started = time.perf_counter()
+                ok, output = await _run_tool(registry, call["name"], call["args"])
+                await ledger.record(key, ok, output)
+                write(
+                    {
+                        "event": "tool_finished",
+                        "tool_call_id": call["id"],
+                        "name": call["name"],
+                        "ok": ok,
+                        "output": output,
+                        "duration_s": time.perf_counter() - started,
+                    }
+                )
+            else:
+                previous = await ledger.result(key)
+                ok, output = previous or (
+                    False,
+                    f"{call['name']} was started earlier but its outcome was not recorded (the bot may have "
+                    "restarted mid-call); it was not run again — check its effect by hand",
+                )
+            results.append(
+                ToolMessage(output, tool_call_id=call["id"], name=call["name"], status="success" if ok else "error")
+            )
+        return {"messages": results}
+
+    def report(state: AgentState) -> dict[str, Any]:
+        ai = last_ai_message(state["messages"])
+        return {"report": message_text(ai) if ai else "", "outcome": "done"}
+
+    def after_planner(state: AgentState) -> str:
+        ai = last_ai_message(state["messages"])
+        return "review" if ai is not None and ai.tool_calls else "report"
+
+    def after_review(state: AgentState) -> str:
+        decided = state["reviews"][-1]["calls"]
+        return "execute" if any(c["decision"] != "reject" for c in decided) else "planner"
+
+    graph = StateGraph(AgentState)
+    graph.add_node("planner", planner)
+    graph.add_node("review", review)
+    graph.add_node("execute", execute)
+    graph.add_node("report", report)
+    graph.add_edge(START, "planner")
+    graph.add_conditional_edges("planner", after_planner, ["review", "report"])
+    graph.add_conditional_edges("review", after_review, ["execute", "planner"])
+    graph.add_edge("execute", "planner")
+    graph.add_edge("report", END)
+    return graph.compile(checkpointer=checkpointer)
+
+
+def _policy_outcome(call: dict[str, Any], registry: ToolRegistry, policy: Policy) -> dict[str, Any] | None:
+    """What happens to a call without asking anyone; None means a human must decide."""
+    name = call["name"]
+    if name not in registry:
+        available = ", ".join(registry.names)
+        return {"mode": "deny", "type": "reject", "system": f"There is no tool named {name}; available: {available}"}
+    try:
+        registry.validate_args(name, call["args"])
+    except InvalidArguments as exc:
+        return {"mode": "invalid", "type": "reject", "system": f"The call did not run: {exc}"}
+    mode = policy.mode(name)
+    if mode == "deny":
+        return {"mode": "deny", "type": "reject", "system": f"Policy forbids {name}; it did not run."}
+    if mode == "auto":
+        return {"mode": "auto", "type": "approve"}
+    return None
+
+
+async def _run_tool(registry: ToolRegistry, name: str, args: dict[str, Any]) -> tuple[bool, str]:
+    """Run one tool call; failures and timeouts become a result the model reads, never an exception."""
+    tool = registry.get(name)
+    try:
+        output = await asyncio.wait_for(tool.tool.ainvoke(args), tool.timeout_s)
+        return True, str(output)
+    except asyncio.TimeoutError:
+        return False, f"{name} timed out after {tool.timeout_s:g}s and was stopped"
+    except Exception as exc:  # noqa: BLE001 - any tool failure is reported to the model, not raised
+        detail = str(exc) or exc.__class__.__name__
+        return False, f"{name} failed: {detail}"

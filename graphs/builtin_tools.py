@@ -1,0 +1,160 @@
+"""The built-in tools: runbook search and execution, HTTP health checks, and a post-message hook.
+
+All of them are safe on a machine without internet: runbooks come only from the configured folder,
+never from an arbitrary command, and every call is bounded by a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import httpx
+
+from .tools import ToolRegistry
+
+PostMessage = Callable[[str, str], Awaitable[str]]
+
+BUNDLED_RUNBOOKS = Path(__file__).parent / "runbooks"
+RUNNABLE = {".sh": ("bash",), ".py": (sys.executable,)}
+SEARCHABLE = {".md", ".sh", ".py", ".txt"}
+MAX_OUTPUT_CHARS = 4000
+
+
+class ToolFailed(Exception):
+    """A tool ran but its outcome is a failure the model should see (non-zero exit, HTTP error...)."""
+
+
+def build_registry(
+    runbooks_dir: Path = BUNDLED_RUNBOOKS,
+    post_message: PostMessage | None = None,
+    *,
+    runbook_timeout_s: float = 60.0,
+    http_timeout_s: float = 5.0,
+) -> ToolRegistry:
+    runbooks_dir = Path(runbooks_dir).resolve()
+    registry = ToolRegistry()
+
+    async def search_runbooks(query: str) -> str:
+        """Search the runbooks folder (markdown notes and scripts) for a query; returns matching runbook names with their titles."""
+        return _search(runbooks_dir, query)
+
+    async def http_check(url: str) -> str:
+        """Check an HTTP(S) endpoint: returns the status code and latency. Read-only (GET)."""
+        if not re.match(r"^https?://", url):
+            raise ToolFailed(f"only http:// and https:// URLs can be checked, got {url!r}")
+        started = time.perf_counter()
+        try:
+            async with httpx.AsyncClient(timeout=http_timeout_s, follow_redirects=True) as client:
+                response = await client.get(url)
+        except httpx.TimeoutException:
+            raise ToolFailed(f"GET {url} timed out after {http_timeout_s:g}s") from None
+        except httpx.HTTPError as exc:
+            raise ToolFailed(f"GET {url} failed: {exc.__class__.__name__}: {exc}") from None
+        ms = (time.perf_counter() - started) * 1000
+        summary = f"GET {url} -> {response.status_code} {response.reason_phrase} in {ms:.0f} ms"
+        if response.status_code >= 400:
+            raise ToolFailed(summary)
+        return summary
+
+    async def run_runbook(name: str) -> str:
+        """Run a runbook script by name (as listed by search_runbooks) from the configured runbooks folder; returns its exit code and output."""
+        script = _resolve_runbook(runbooks_dir, name)
+        return await _run_script(script, runbook_timeout_s)
+
+    async def post_message_tool(channel: str, text: str) -> str:
+        """Post a message to a chat channel, e.g. channel="#ops"."""
+        if post_message is None:
+            raise ToolFailed("posting messages is not available here (no chat connection configured)")
+        return await post_message(channel, text)
+
+    registry.add(search_runbooks, timeout_s=10)
+    registry.add(http_check, timeout_s=http_timeout_s + 5)
+    registry.add(run_runbook, timeout_s=runbook_timeout_s + 5)
+    registry.add(post_message_tool, name="post_message", timeout_s=30)
+    return registry
+
+
+def list_runbooks(runbooks_dir: Path) -> list[Path]:
+    return sorted(p for p in Path(runbooks_dir).iterdir() if p.is_file() and p.suffix in SEARCHABLE)
+
+
+def runbook_title(path: Path) -> str:
+    for line in path.read_text(errors="replace").splitlines()[:10]:
+        match = re.match(r"^\s*(?:#+|//)\s*(?:Title:\s*)?(.+)$", line)
+        if match and not line.startswith("#!"):
+            return match.group(1).strip()
+    return path.stem
+
+
+def _search(runbooks_dir: Path, query: str) -> str:
+    words = [w for w in re.findall(r"[a-z0-9]+", query.lower()) if len(w) > 1]
+    scored = []
+    for path in list_runbooks(runbooks_dir):
+        text = path.read_text(errors="replace").lower()
+        name = path.stem.lower()
+        score = sum(3 * (w in name) + min(text.count(w), 3) for w in words)
+        if score or not words:
+            scored.append((score, path))
+    scored.sort(key=lambda item: (-item[0], item[1].name))
+    if not scored:
+        return f"no runbook matches {query!r}"
+    lines = []
+    for _, path in scored[:5]:
+        kind = "runnable" if path.suffix in RUNNABLE else "notes"
+        lines.append(f"{path.name} ({kind}): {runbook_title(path)}")
+    return "\n".join(lines)
+
+
+def _resolve_runbook(runbooks_dir: Path, name: str) -> Path:
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise ToolFailed(f"{name!r} is not a runbook name (use a name from search_runbooks, without a path)")
+    candidates = [runbooks_dir / name] + [runbooks_dir / f"{name}{ext}" for ext in RUNNABLE]
+    for path in candidates:
+        if path.is_file() and path.resolve().parent == runbooks_dir:
+            if path.suffix not in RUNNABLE:
+                raise ToolFailed(f"{path.name} is a notes file, not a runnable runbook")
+            return path
+    available = ", ".join(p.name for p in list_runbooks(runbooks_dir) if p.suffix in RUNNABLE) or "none"
+    raise ToolFailed(f"no runbook named {name!r}; runnable runbooks: {available}")
+
+
+async def _run_script(script: Path, timeout_s: float) -> str:
+    interpreter = RUNNABLE[script.suffix]
+    process = await asyncio.create_subprocess_exec(
+        *interpreter,
+        str(script),
+        cwd=script.parent,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,  # its own process group, so a timeout kills its children too
+        env={**os.environ, "CHATOPS_RUNBOOK": script.name},
+    )
+    try:
+        output, _ = await asyncio.wait_for(process.communicate(), timeout_s)
+    except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
+        _kill_group(process)
+        await process.wait()
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+        raise ToolFailed(f"runbook {script.name} timed out after {timeout_s:g}s and was stopped") from None
+    text = output.decode(errors="replace").strip()
+    if len(text) > MAX_OUTPUT_CHARS:
+        text = text[:MAX_OUTPUT_CHARS] + f"\n… ({len(text) - MAX_OUTPUT_CHARS} more characters cut)"
+    if process.returncode != 0:
+        raise ToolFailed(f"runbook {script.name} exited with code {process.returncode}\n{text}")
+    return f"runbook {script.name} exited 0\n{text}"
+
+
+def _kill_group(process: asyncio.subprocess.Process) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

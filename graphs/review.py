@@ -1,0 +1,79 @@
+"""Building a review request from proposed tool calls, and checking a human's answer to it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import InvalidArguments, InvalidDecision
+from .policy import Policy
+from .tools import ToolRegistry, summarize_args
+from .types import ActionRequest, Decision, ReviewConfig, ReviewRequest
+
+
+def build_request(calls: list[dict[str, Any]], registry: ToolRegistry, policy: Policy) -> ReviewRequest:
+    actions: list[ActionRequest] = []
+    configs: list[ReviewConfig] = []
+    for call in calls:
+        tool = registry.get(call["name"])
+        actions.append(
+            {
+                "name": call["name"],
+                "args": call["args"],
+                "description": f"{call['name']}({summarize_args(call['args'])})",
+                "tool_call_id": call["id"],
+            }
+        )
+        configs.append(
+            {
+                "action_name": call["name"],
+                "allowed_decisions": policy.allowed_decisions(call["name"]),
+                "args_schema": tool.json_schema(),
+            }
+        )
+    return {"action_requests": actions, "review_configs": configs}
+
+
+def check_response(request: ReviewRequest, response: Any, registry: ToolRegistry) -> list[Decision]:
+    """Validate an answer to ``request``; return the decisions with edited args normalised.
+
+    Raises InvalidDecision (or its subclass InvalidArguments) with a message a person can act on.
+    """
+    if not isinstance(response, dict) or not isinstance(response.get("decisions"), list):
+        raise InvalidDecision('a review answer must be {"decisions": [...]}, one decision per proposed call')
+    decisions = response["decisions"]
+    actions = request["action_requests"]
+    if len(decisions) != len(actions):
+        raise InvalidDecision(f"expected {len(actions)} decisions (one per proposed call), got {len(decisions)}")
+    checked: list[Decision] = []
+    for position, (decision, action, config) in enumerate(zip(decisions, actions, request["review_configs"]), 1):
+        where = f"decision {position} ({action['name']})"
+        kind = decision.get("type") if isinstance(decision, dict) else None
+        if kind not in ("approve", "edit", "reject"):
+            raise InvalidDecision(f"{where}: type must be approve, edit or reject, got {kind!r}")
+        if kind not in config["allowed_decisions"]:
+            raise InvalidDecision(f"{where}: {kind} is not allowed for this tool")
+        if kind == "approve":
+            checked.append({"type": "approve"})
+        elif kind == "reject":
+            message = decision.get("message") or ""
+            if not isinstance(message, str):
+                raise InvalidDecision(f"{where}: a rejection message must be text")
+            checked.append({"type": "reject", "message": message})
+        else:
+            edited = decision.get("edited_action")
+            if not isinstance(edited, dict) or "args" not in edited:
+                raise InvalidDecision(f"{where}: an edit needs edited_action with args")
+            if edited.get("name", action["name"]) != action["name"]:
+                raise InvalidDecision(f"{where}: an edit may change the arguments, not the tool")
+            try:
+                args = registry.validate_args(action["name"], edited["args"])
+            except InvalidArguments as exc:
+                raise InvalidArguments(exc.tool, exc.errors) from None
+            checked.append({"type": "edit", "edited_action": {"name": action["name"], "args": args}})
+    return checked
+
+
+def rejection_text(name: str, message: str, by: str | None) -> str:
+    who = f" by {by}" if by else ""
+    reason = f" Reason: {message}" if message else " No reason was given."
+    return f"Rejected{who}: this call to {name} did not run.{reason}"

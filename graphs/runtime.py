@@ -1,0 +1,78 @@
+"""Wiring: settings -> Redis (external or embedded) -> checkpointer, tools, model, graph -> Runs."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from langgraph.checkpoint.redis.aio import AsyncRedisSaver
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from .agent import build_graph
+from .builtin_tools import BUNDLED_RUNBOOKS, PostMessage, build_registry
+from .embedded_redis import EmbeddedRedis
+from .ledger import RedisLedger
+from .planner import make_model
+from .policy import Policy
+from .runs import Runs
+from .settings import CoreSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: CoreSettings
+    runs: Runs
+    redis: Redis
+    redis_url: str
+    embedded: EmbeddedRedis | None
+
+
+async def open_saver(redis_url: str, ttl_minutes: int) -> AsyncRedisSaver:
+    saver = AsyncRedisSaver(redis_url=redis_url, ttl={"default_ttl": ttl_minutes, "refresh_on_read": True})
+    for attempt in range(3):
+        try:
+            await saver.asetup()
+            return saver
+        except ResponseError as exc:
+            # Several processes starting at once race to create the search indexes; the loser retries.
+            if "already exists" not in str(exc) or attempt == 2:
+                raise
+    return saver
+
+
+@contextlib.asynccontextmanager
+async def open_runtime(
+    settings: CoreSettings | None = None,
+    *,
+    post_message: PostMessage | None = None,
+    policy: Policy | None = None,
+) -> AsyncIterator[Runtime]:
+    settings = settings or CoreSettings.from_env()
+    embedded = None
+    redis_url = settings.redis_url
+    if not redis_url:
+        embedded = EmbeddedRedis(settings.data_dir / "redis").start()
+        redis_url = embedded.url
+        log.info("started embedded Redis on %s (data in %s)", redis_url, settings.data_dir / "redis")
+    redis = Redis.from_url(redis_url, decode_responses=True)
+    saver = await open_saver(redis_url, settings.ttl_minutes)
+    try:
+        runbooks = settings.runbooks_dir or BUNDLED_RUNBOOKS
+        registry = build_registry(runbooks, post_message, runbook_timeout_s=settings.runbook_timeout_s)
+        policy = policy or Policy()
+        ttl_s = settings.ttl_minutes * 60
+        graph = build_graph(
+            make_model(settings, runbooks), registry, policy, checkpointer=saver, ledger=RedisLedger(redis, ttl_s=ttl_s)
+        )
+        runs = Runs(graph, registry, policy, redis, ttl_s=ttl_s)
+        yield Runtime(settings, runs, redis, redis_url, embedded)
+    finally:
+        await saver.__aexit__(None, None, None)
+        await redis.aclose()
+        if embedded is not None:
+            embedded.stop()

@@ -1,0 +1,57 @@
+"""Core settings, read once from the environment: the model, Redis, runbooks and retention."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ConfigError
+
+DEFAULT_MODEL = "gpt-4.1-mini"
+
+
+@dataclass(frozen=True)
+class CoreSettings:
+    openai_api_key: str | None = None
+    openai_base_url: str | None = None
+    model: str | None = None
+    redis_url: str | None = None  # unset: an embedded Redis 8 is started in data_dir
+    data_dir: Path = Path(".chatops-data")
+    ttl_minutes: int = 7 * 24 * 60  # how long threads, checkpoints and approvals are kept in Redis
+    runbooks_dir: Path | None = None  # unset: the bundled example runbooks
+    runbook_timeout_s: float = 60.0
+    health_url: str | None = None  # what the offline planner checks when a request says "API" without a URL
+
+    @property
+    def model_configured(self) -> bool:
+        return bool(self.openai_api_key or self.openai_base_url or self.model)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "CoreSettings":
+        env = os.environ if env is None else env
+
+        def number(name: str, default: float, kind: type = float) -> float:
+            raw = env.get(name)
+            if raw in (None, ""):
+                return default
+            try:
+                value = kind(raw)
+            except ValueError:
+                raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+            if value <= 0:
+                raise ConfigError(f"{name} must be positive, got {raw!r}")
+            return value
+
+        return cls(
+            openai_api_key=env.get("OPENAI_API_KEY") or None,
+            openai_base_url=env.get("OPENAI_BASE_URL") or None,
+            model=env.get("CHATOPS_MODEL") or None,
+            redis_url=env.get("REDIS_URL") or None,
+            data_dir=Path(env.get("CHATOPS_DATA_DIR") or ".chatops-data"),
+            ttl_minutes=int(number("CHATOPS_TTL_MINUTES", 7 * 24 * 60, int)),
+            runbooks_dir=Path(env["CHATOPS_RUNBOOKS_DIR"]) if env.get("CHATOPS_RUNBOOKS_DIR") else None,
+            runbook_timeout_s=number("CHATOPS_RUNBOOK_TIMEOUT", 60.0),
+            health_url=env.get("CHATOPS_HEALTH_URL") or None,
+        )

@@ -1,0 +1,102 @@
+"""The tool registry: adding a tool is one typed async function here plus one policy entry."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from langchain_core.tools import BaseTool, StructuredTool
+from pydantic import ValidationError
+
+from .errors import InvalidArguments
+
+DEFAULT_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class RegisteredTool:
+    tool: BaseTool
+    timeout_s: float
+
+    @property
+    def name(self) -> str:
+        return self.tool.name
+
+    @property
+    def description(self) -> str:
+        return self.tool.description
+
+    def json_schema(self) -> dict[str, Any]:
+        return self.tool.tool_call_schema.model_json_schema()
+
+
+class ToolRegistry:
+    def __init__(self) -> None:
+        self._tools: dict[str, RegisteredTool] = {}
+
+    def add(
+        self,
+        fn: Callable[..., Awaitable[str]],
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ) -> RegisteredTool:
+        """Register an async function; its type hints become the argument schema, its docstring the description."""
+        tool = StructuredTool.from_function(coroutine=fn, name=name or fn.__name__, description=description)
+        registered = RegisteredTool(tool, timeout_s)
+        self._tools[tool.name] = registered
+        return registered
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tools
+
+    def __iter__(self) -> Iterator[RegisteredTool]:
+        return iter(self._tools.values())
+
+    def get(self, name: str) -> RegisteredTool:
+        return self._tools[name]
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._tools)
+
+    def langchain_tools(self) -> list[BaseTool]:
+        return [t.tool for t in self._tools.values()]
+
+    def validate_args(self, name: str, args: Any) -> dict[str, Any]:
+        """Check args against the tool's schema; return them as the tool will see them.
+
+        Raises InvalidArguments with one readable message per bad field. Types are not coerced
+        silently beyond what pydantic's lax mode does for JSON-ish input (e.g. "3" -> 3 is allowed).
+        """
+        if name not in self._tools:
+            raise InvalidArguments(name, {"tool": f"unknown tool {name!r}"})
+        if not isinstance(args, dict):
+            raise InvalidArguments(name, {"args": f"expected an object of arguments, got {type(args).__name__}"})
+        schema = self._tools[name].tool.args_schema
+        try:
+            model = schema.model_validate(args)  # type: ignore[union-attr]
+        except ValidationError as exc:
+            errors: dict[str, str] = {}
+            for err in exc.errors():
+                field = ".".join(str(p) for p in err["loc"]) or "args"
+                errors.setdefault(field, err["msg"])
+            raise InvalidArguments(name, errors) from None
+        allowed = set(self._tools[name].tool.tool_call_schema.model_fields)
+        extra = set(args) - allowed
+        if extra:
+            raise InvalidArguments(name, {k: "unexpected argument" for k in sorted(extra)})
+        return {k: v for k, v in model.model_dump().items() if k in allowed}
+
+
+def summarize_args(args: dict[str, Any], limit: int = 200) -> str:
+    """A one-line, human-readable rendering of tool arguments: `channel=#ops, text="…"`."""
+    parts = []
+    for key, value in args.items():
+        shown = value if isinstance(value, str) and " " not in value and value else json.dumps(value)
+        parts.append(f"{key}={shown}")
+    text = ", ".join(parts)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,155 @@
+"""The public vocabulary the rest of the code speaks: review requests, decisions and run events.
+
+The review payload follows LangChain's HumanInTheLoopMiddleware schema (``action_requests`` +
+``review_configs`` in, ``{"decisions": [...]}`` out) so other LangChain tooling can read our interrupts.
+We add ``tool_call_id`` to each action request and ``args_schema`` to each review config, which the
+middleware schema leaves open, so a UI can key checkboxes and build typed edit forms.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, NotRequired, TypedDict
+
+ToolMode = Literal["auto", "ask", "deny"]
+DecisionType = Literal["approve", "edit", "reject"]
+RunStatus = Literal["idle", "running", "waiting", "done", "failed", "cancelled", "expired"]
+
+
+class ActionRequest(TypedDict):
+    name: str
+    args: dict[str, Any]
+    description: str
+    tool_call_id: str
+
+
+class ReviewConfig(TypedDict):
+    action_name: str
+    allowed_decisions: list[DecisionType]
+    args_schema: NotRequired[dict[str, Any]]
+
+
+class ReviewRequest(TypedDict):
+    """The value of the review interrupt: every proposed call that policy says needs a human."""
+
+    action_requests: list[ActionRequest]
+    review_configs: list[ReviewConfig]
+    error: NotRequired[str]  # set when a previous answer to this same review was refused
+
+
+class Action(TypedDict):
+    name: str
+    args: dict[str, Any]
+
+
+class Decision(TypedDict):
+    type: DecisionType
+    edited_action: NotRequired[Action]  # for "edit"
+    message: NotRequired[str]  # for "reject": what the model is told
+
+
+class ReviewResponse(TypedDict):
+    decisions: list[Decision]
+    decided_by: NotRequired[str]
+
+
+def approve() -> Decision:
+    return {"type": "approve"}
+
+
+def edit(name: str, args: dict[str, Any]) -> Decision:
+    return {"type": "edit", "edited_action": {"name": name, "args": args}}
+
+
+def reject(message: str = "") -> Decision:
+    return {"type": "reject", "message": message} if message else {"type": "reject"}
+
+
+# --- run events -------------------------------------------------------------------------------
+# What a run reports while it works. The Slack layer turns these into message edits.
+
+
+@dataclass(frozen=True)
+class RunEvent:
+    thread_id: str
+
+
+@dataclass(frozen=True)
+class Token(RunEvent):
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolProposed(RunEvent):
+    """The model proposed calls; ``mode`` says per call what policy decided (auto/ask/deny)."""
+
+    calls: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class ToolStarted(RunEvent):
+    tool_call_id: str
+    name: str
+    args: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ToolFinished(RunEvent):
+    tool_call_id: str
+    name: str
+    ok: bool
+    output: str
+    duration_s: float
+
+
+@dataclass(frozen=True)
+class ReviewRequested(RunEvent):
+    interrupt_id: str
+    request: ReviewRequest
+
+
+@dataclass(frozen=True)
+class Finished(RunEvent):
+    report: str
+
+
+@dataclass(frozen=True)
+class Failed(RunEvent):
+    error: str
+
+
+@dataclass(frozen=True)
+class Cancelled(RunEvent):
+    by: str | None = None
+
+
+@dataclass(frozen=True)
+class PendingReview:
+    thread_id: str
+    interrupt_id: str
+    request: ReviewRequest
+    task: str = ""
+    requester: str | None = None
+    created_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """Where a run stands after start/resume/rewind returned."""
+
+    thread_id: str
+    status: RunStatus
+    report: str = ""
+    error: str = ""
+    pending: PendingReview | None = None
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    checkpoint_id: str
+    step: int
+    next: tuple[str, ...]
+    created_at: str
+    summary: str
+    parent_id: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
