@@ -78,16 +78,18 @@ def build_graph(
         # Everything before interrupt() re-runs on resume: keep it pure.
         ai = last_ai_message(state["messages"])
         assert ai is not None and ai.tool_calls, "review runs only after the planner proposed tool calls"
+        waiting = _unanswered(state["messages"], ai)
         outcomes: dict[str, dict[str, Any]] = {}
         ask = []
-        for call in ai.tool_calls:
+        for call in waiting:
             outcome = _policy_outcome(call, registry, policy)
             if outcome is None:
                 ask.append(call)
             else:
                 outcomes[call["id"]] = outcome
+        runs_now = any(o["type"] == "approve" for o in outcomes.values())
         decided_by = None
-        if ask:
+        if ask and not runs_now:
             request = build_request(ask, registry, policy)
             answer = interrupt(request)
             while True:
@@ -99,10 +101,15 @@ def build_graph(
             decided_by = answer.get("decided_by")
             for call, decision in zip(ask, decisions):
                 outcomes[call["id"]] = {"mode": "ask", **decision}
+        # else: read-only calls run first, so people see their results while they decide the rest;
+        # execute comes back here for the calls still waiting.
 
         calls, rejections, record_calls = [], [], []
         for call in ai.tool_calls:
-            outcome = outcomes[call["id"]]
+            outcome = outcomes.get(call["id"])
+            if outcome is None:
+                calls.append(call)
+                continue
             args = outcome["edited_action"]["args"] if outcome["type"] == "edit" else call["args"]
             calls.append({**call, "args": args})
             record_calls.append(
@@ -124,7 +131,7 @@ def build_graph(
         record = {
             # Unique per execution of this review step: a rewind replays it under a new task id.
             "key": f"{config['configurable']['thread_id']}:{config['configurable'].get('checkpoint_ns', '')}",
-            "asked": bool(ask),
+            "asked": bool(ask) and not runs_now,
             "decided_by": decided_by,
             "at": time.time(),
             "calls": record_calls,
@@ -135,13 +142,13 @@ def build_graph(
         write = get_stream_writer()
         ai = last_ai_message(state["messages"])
         assert ai is not None
-        answered = {m.tool_call_id for m in state["messages"] if isinstance(m, ToolMessage)}
-        review_key = state["reviews"][-1]["key"]
+        review = state["reviews"][-1]
+        approved = {c["tool_call_id"] for c in review["calls"] if c["decision"] != "reject"}
         results = []
-        for call in ai.tool_calls:
-            if call["id"] in answered:
+        for call in _unanswered(state["messages"], ai):
+            if call["id"] not in approved:
                 continue
-            key = f"{review_key}:{call['id']}"
+            key = f"{review['key']}:{call['id']}"
             if await ledger.claim(key):
                 write({"event": "tool_started", "tool_call_id": call["id"], "name": call["name"], "args": call["args"]})
                 started = time.perf_counter()
@@ -181,6 +188,10 @@ def build_graph(
         decided = state["reviews"][-1]["calls"]
         return "execute" if any(c["decision"] != "reject" for c in decided) else "planner"
 
+    def after_execute(state: AgentState) -> str:
+        ai = last_ai_message(state["messages"])
+        return "review" if ai is not None and _unanswered(state["messages"], ai) else "planner"
+
     graph = StateGraph(AgentState)
     graph.add_node("planner", planner)
     graph.add_node("review", review)
@@ -189,9 +200,14 @@ def build_graph(
     graph.add_edge(START, "planner")
     graph.add_conditional_edges("planner", after_planner, ["review", "report"])
     graph.add_conditional_edges("review", after_review, ["execute", "planner"])
-    graph.add_edge("execute", "planner")
+    graph.add_conditional_edges("execute", after_execute, ["review", "planner"])
     graph.add_edge("report", END)
     return graph.compile(checkpointer=checkpointer)
+
+
+def _unanswered(messages: list[AnyMessage], ai: AIMessage) -> list[dict[str, Any]]:
+    answered = {m.tool_call_id for m in messages if isinstance(m, ToolMessage)}
+    return [call for call in ai.tool_calls if call["id"] not in answered]
 
 
 def _policy_outcome(call: dict[str, Any], registry: ToolRegistry, policy: Policy) -> dict[str, Any] | None:

@@ -389,23 +389,28 @@ def _describe(snapshot: StateSnapshot) -> CheckpointInfo:
     step = int(metadata.get("step", -1))
     nxt = tuple(snapshot.next)
     ai = last_ai_message(messages)
+    results = [m for m in messages[messages.index(ai) + 1 :] if isinstance(m, ToolMessage)] if ai else []
+    ran = ", ".join(f"{m.name} {'failed' if m.status == 'error' else 'ok'}" for m in results)
+    last_review = values.get("reviews", [])[-1:] or [None]
     if metadata.get("source") == "input" or not messages:
         summary = "task received"
     elif nxt == ("review",) and ai is not None:
-        proposed = ", ".join(f"{c['name']}({summarize_args(c['args'], 60)})" for c in ai.tool_calls)
-        summary = f"model proposed: {proposed}"
+        if results:
+            waiting = [c["name"] for c in ai.tool_calls if c["id"] not in {m.tool_call_id for m in results}]
+            summary = f"tools finished: {ran}; still to review: {', '.join(waiting)}"
+        else:
+            proposed = ", ".join(f"{c['name']}({summarize_args(c['args'], 60)})" for c in ai.tool_calls)
+            summary = f"model proposed: {proposed}"
         if snapshot.interrupts:
             summary += " (asked for review)"
-    elif nxt == ("execute",) and values.get("reviews"):
-        summary = "review: " + _decisions_line(values["reviews"][-1])
+    elif nxt == ("execute",) and last_review[0]:
+        summary = "review: " + _decisions_line(last_review[0])
     elif nxt == ("planner",) and isinstance(messages[-1], HumanMessage):
         summary = f"task: {message_text(messages[-1])[:120]}"
+    elif nxt == ("planner",) and last_review[0] and all(c["decision"] == "reject" for c in last_review[0]["calls"]):
+        summary = "review: " + _decisions_line(last_review[0])
     elif nxt == ("planner",):
-        results = [m for m in messages[messages.index(ai) + 1 :] if isinstance(m, ToolMessage)] if ai else []
-        ran = ", ".join(f"{m.name} {'failed' if m.status == 'error' else 'ok'}" for m in results)
         summary = f"tools finished: {ran}" if ran else "back to the model"
-        if values.get("reviews") and all(c["decision"] == "reject" for c in values["reviews"][-1]["calls"]):
-            summary = "review: " + _decisions_line(values["reviews"][-1])
     elif nxt == ("report",) and ai is not None:
         summary = f"model answered: {message_text(ai)[:120]}"
     elif not nxt:
