@@ -107,9 +107,12 @@ def _channel(request: str) -> str | None:
 def _summary(results: list[ToolMessage]) -> str:
     lines = []
     for message in results:
-        first = str(message.content).strip().splitlines()[0] if str(message.content).strip() else "(no output)"
+        output = [line.rstrip() for line in str(message.content).strip().splitlines() if line.strip()]
+        first = output[0] if output else "(no output)"
         mark = "ok" if message.status != "error" else "failed"
         lines.append(f"- {message.name}: {mark}: {first}")
+        details = [line for line in output[1:] if not line.startswith("==")][:3]
+        lines += [f"    {line}" for line in details]
     return "\n".join(lines)
 
 
