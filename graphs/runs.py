@@ -35,6 +35,7 @@ from .types import (
     Failed,
     Finished,
     PendingReview,
+    ReviewDecided,
     ReviewRequested,
     RunEvent,
     RunResult,
@@ -135,6 +136,7 @@ class Runs:
                 answer["decided_by"] = decided_by
             await self._clear_pending(thread_id)
             await self._set_run(thread_id, status="running")
+            await _safe_emit(on_event)(ReviewDecided(thread_id, interrupt_id, pending.request, checked, decided_by))
             command = Command(resume={interrupt_id: answer})
             return await self._drive(thread_id, command, self._config(thread_id), on_event)
 

@@ -67,9 +67,13 @@ async def open_runtime(
         policy = policy or Policy()
         ttl_s = settings.ttl_minutes * 60
         graph = build_graph(
-            make_model(settings, runbooks), registry, policy, checkpointer=saver, ledger=RedisLedger(redis, ttl_s=ttl_s)
+            make_model(settings, runbooks),
+            registry,
+            policy,
+            checkpointer=saver,
+            ledger=RedisLedger(redis, prefix=f"{settings.key_prefix}exec:", ttl_s=ttl_s),
         )
-        runs = Runs(graph, registry, policy, redis, ttl_s=ttl_s)
+        runs = Runs(graph, registry, policy, redis, prefix=settings.key_prefix, ttl_s=ttl_s)
         yield Runtime(settings, runs, redis, redis_url, embedded)
     finally:
         await saver.__aexit__(None, None, None)

@@ -23,6 +23,7 @@ class CoreSettings:
     runbooks_dir: Path | None = None  # unset: the bundled example runbooks
     runbook_timeout_s: float = 60.0
     health_url: str | None = None  # what the offline planner checks when a request says "API" without a URL
+    key_prefix: str = "chatops:"  # two deployments sharing one Redis need different prefixes
 
     @property
     def model_configured(self) -> bool:
@@ -54,4 +55,5 @@ class CoreSettings:
             runbooks_dir=Path(env["CHATOPS_RUNBOOKS_DIR"]) if env.get("CHATOPS_RUNBOOKS_DIR") else None,
             runbook_timeout_s=number("CHATOPS_RUNBOOK_TIMEOUT", 60.0),
             health_url=env.get("CHATOPS_HEALTH_URL") or None,
+            key_prefix=env.get("CHATOPS_KEY_PREFIX") or "chatops:",
         )

@@ -109,6 +109,16 @@ class ReviewRequested(RunEvent):
 
 
 @dataclass(frozen=True)
+class ReviewDecided(RunEvent):
+    """A human's answer was accepted (checked, and the review still pending); the run goes on now."""
+
+    interrupt_id: str
+    request: ReviewRequest
+    decisions: list[Decision]
+    decided_by: str | None
+
+
+@dataclass(frozen=True)
 class Finished(RunEvent):
     report: str
 

@@ -340,7 +340,8 @@ class Deliverer:
 
 
 def _state_values(blocks: list[JSON], values: dict[str, dict[str, Any]]) -> JSON:
-    """`view.state.values`, typed per element as Slack sends them; unfilled inputs are present with empty values."""
+    """`view.state.values`, typed per element as Slack sends them: what the person typed, else the field's
+    initial value, else empty."""
     out: JSON = {}
     known: set[tuple[str, str]] = set()
     for block, el in blockkit.iter_elements(blocks):
@@ -349,6 +350,8 @@ def _state_values(blocks: list[JSON], values: dict[str, dict[str, Any]]) -> JSON
         bid, aid = block["block_id"], el["action_id"]
         known.add((bid, aid))
         given = values.get(bid, {}).get(aid)
+        if given is None:
+            given = _initial(el)  # an untouched field submits what it shows
         if block.get("type") != "input" and given is None:
             continue
         out.setdefault(bid, {})[aid] = _typed_value(el, given)
@@ -357,6 +360,14 @@ def _state_values(blocks: list[JSON], values: dict[str, dict[str, Any]]) -> JSON
             if (bid, aid) not in known:
                 raise ValueError(f"view has no element block_id={bid!r} action_id={aid!r}")
     return out
+
+
+def _initial(el: JSON) -> Any:
+    if "initial_options" in el:
+        return [o["value"] for o in el["initial_options"]]
+    if "initial_option" in el:
+        return el["initial_option"]["value"]
+    return el.get("initial_value")
 
 
 def _option(el: JSON, value: Any) -> JSON:

@@ -1,0 +1,84 @@
+"""Start the bot: ``python -m bot``. HTTP mode unless SLACK_APP_TOKEN is set (then Socket Mode)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from aiohttp import web
+from slack_sdk.web.async_client import AsyncWebClient
+
+from graphs.errors import ConfigError
+from graphs.runtime import open_runtime
+
+from .app import build_app
+from .approvers import Approvers
+from .server import web_app
+from .settings import BotSettings
+from .slack_runs import SlackRuns
+from .store import SlackStore
+from .updates import MessageUpdater
+
+log = logging.getLogger("bot")
+
+
+async def serve(settings: BotSettings, *, host: str) -> None:
+    client = AsyncWebClient(token=settings.bot_token, base_url=settings.api_url)
+    slack_runs: SlackRuns | None = None
+
+    async def post_message(channel: str, text: str) -> str:
+        assert slack_runs is not None
+        return await slack_runs.post_message(channel, text)
+
+    async with open_runtime(settings.core, post_message=post_message) as runtime:
+        prefix = settings.core.key_prefix
+        updater = MessageUpdater(client, runtime.redis, per_minute=settings.update_budget_per_minute, prefix=prefix)
+        await updater.start()
+        store = SlackStore(runtime.redis, prefix=f"{prefix}slack:", ttl_s=settings.core.ttl_minutes * 60)
+        approvers = Approvers(client, settings.approvers, allow_self_approval=settings.allow_self_approval)
+        slack_runs = SlackRuns(runtime.runs, client, store, updater, approvers)
+        app = build_app(settings, client, slack_runs)
+        mode = "socket" if settings.socket_mode else "http"
+        runner = web.AppRunner(web_app(app, runtime.redis, mode=mode), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, host, settings.port).start()
+        socket_handler = None
+        if settings.socket_mode:
+            from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+
+            socket_handler = AsyncSocketModeHandler(app, settings.app_token)
+            await socket_handler.connect_async()
+            log.info("connected to Slack in Socket Mode; health check on http://%s:%d/healthz", host, settings.port)
+        else:
+            log.info("listening on http://%s:%d/slack/events (HTTP mode)", host, settings.port)
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("shutting down: finishing work in flight")
+        if socket_handler is not None:
+            await socket_handler.close_async()
+        await runner.cleanup()
+        await slack_runs.close()
+        await updater.close()
+
+
+def main() -> None:
+    logging.basicConfig(
+        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings = BotSettings.from_env()
+    except ConfigError as exc:
+        sys.exit(f"configuration error: {exc}")
+    asyncio.run(serve(settings, host=os.environ.get("HOST", "0.0.0.0")))
+
+
+if __name__ == "__main__":
+    main()

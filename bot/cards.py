@@ -1,0 +1,312 @@
+"""Approval cards and the edit dialog: pure functions from a pending review to Block Kit JSON, and back.
+
+A card carries its run id and the interrupt it answers in every button's value, so a click can be checked
+against what is pending now (a decided, rewound or expired card is refused). Block ids include the
+interrupt id, so a replaced card never inherits stale checkbox state in Slack's clients.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from graphs.tools import summarize_args
+from graphs.types import Decision, ReviewRequest
+
+from .blocks import (
+    MODAL_TITLE,
+    PRIVATE_METADATA,
+    Block,
+    button,
+    checkbox_groups,
+    clip,
+    context,
+    divider,
+    escape,
+    header,
+    mrkdwn,
+    option,
+    plain,
+    section,
+)
+
+SELECT_ACTION = "select_calls"
+APPROVE_ACTION = "approve"
+REJECT_ACTION = "reject"
+EDIT_ACTION = "edit"
+EDIT_CALLBACK = "edit_review"
+CALLS_BLOCK_PREFIX = "calls_"
+
+
+class MalformedCard(ValueError):
+    """A click whose value or metadata is not one of ours."""
+
+
+@dataclass(frozen=True)
+class CardRef:
+    run_id: str
+    interrupt_id: str
+
+    @property
+    def value(self) -> str:
+        return f"{self.run_id}:{self.interrupt_id}"
+
+    @classmethod
+    def parse(cls, value: Any) -> "CardRef":
+        if not isinstance(value, str) or value.count(":") != 1:
+            raise MalformedCard(f"not an approval card value: {str(value)[:80]!r}")
+        run_id, interrupt_id = value.split(":")
+        if not run_id.isalnum() or not interrupt_id.isalnum():
+            raise MalformedCard(f"not an approval card value: {value[:80]!r}")
+        return cls(run_id, interrupt_id)
+
+
+def _call_line(n: int, action: dict[str, Any]) -> str:
+    return f"{n}. `{action['name']}` {escape(summarize_args(action['args'], 300))}"
+
+
+def approval_card(
+    ref: CardRef, request: ReviewRequest, *, requester: str | None, task: str, note: str | None = None
+) -> tuple[str, list[Block]]:
+    actions = request["action_requests"]
+    nonce = ref.interrupt_id[:8]
+    asked_by = f"<@{requester}>" if requester else "Someone"
+    details = "\n".join(_call_line(n, a) for n, a in enumerate(actions, 1))
+    options = [
+        option(f"{n}. {a['name']}", str(n - 1), summarize_args(a["args"], 75) or "(no arguments)")
+        for n, a in enumerate(actions, 1)
+    ]
+    blocks: list[Block] = [
+        header("Approval needed"),
+        section(f"{asked_by} asked: {escape(clip(task, 1500))}"),
+        section(f"*The agent wants to run {len(actions)} call{'s' if len(actions) != 1 else ''}:*\n{details}"),
+        *checkbox_groups(options, action_id=SELECT_ACTION, block_prefix=f"{CALLS_BLOCK_PREFIX}{nonce}_"),
+        {
+            "type": "actions",
+            "block_id": f"decide_{nonce}",
+            "elements": [
+                button("Approve selected", APPROVE_ACTION, ref.value, "primary"),
+                button("Reject", REJECT_ACTION, ref.value, "danger"),
+                button("Edit…", EDIT_ACTION, ref.value),
+            ],
+        },
+        context(f"Run `{ref.run_id}` · tick the calls you allow; unticked calls are rejected"
+                + (f" · {escape(note)}" if note else "")),
+    ]
+    text = f"Approval needed for run {ref.run_id}: " + ", ".join(a["name"] for a in actions)
+    return text, blocks
+
+
+DECISION_MARK = {"approve": ":white_check_mark: approved", "edit": ":pencil2: edited", "reject": ":x: rejected"}
+
+
+def decided_card(
+    ref: CardRef,
+    request: ReviewRequest,
+    decisions: list[Decision],
+    *,
+    decided_by: str,
+    requester: str | None,
+    task: str,
+) -> tuple[str, list[Block]]:
+    lines = []
+    for n, (action, decision) in enumerate(zip(request["action_requests"], decisions), 1):
+        line = f"{n}. `{action['name']}` {escape(summarize_args(action['args'], 200))} — {DECISION_MARK[decision['type']]}"
+        if decision["type"] == "edit":
+            line += f" to {escape(summarize_args(decision['edited_action']['args'], 200))}"
+        if decision["type"] == "reject" and decision.get("message"):
+            line += f" ({escape(decision['message'])})"
+        lines.append(line)
+    approved = sum(d["type"] != "reject" for d in decisions)
+    asked_by = f"<@{requester}>" if requester else "Someone"
+    blocks = [
+        header("Approval decided"),
+        section(f"{asked_by} asked: {escape(clip(task, 1500))}"),
+        section("\n".join(lines)),
+        context(f"Decided by <@{decided_by}> · {approved} of {len(decisions)} allowed · run `{ref.run_id}`"),
+    ]
+    text = f"Run {ref.run_id}: {approved} of {len(decisions)} calls approved by <@{decided_by}>"
+    return text, blocks
+
+
+def closed_card(ref: CardRef, request: ReviewRequest, *, title: str, reason: str, task: str) -> tuple[str, list[Block]]:
+    """A card that can no longer be answered: cancelled, expired or replaced by a rewind."""
+    details = "\n".join(_call_line(n, a) for n, a in enumerate(request["action_requests"], 1))
+    blocks = [
+        header(title),
+        section(f"Task: {escape(clip(task, 1500))}"),
+        section(f"~Proposed:~\n{details}"),
+        context(f"{escape(reason)} · run `{ref.run_id}`"),
+    ]
+    return f"Run {ref.run_id}: {reason}", blocks
+
+
+def selected_indexes(state_values: Any, interrupt_id: str) -> set[int] | None:
+    """Which calls are ticked on the card, from block_actions ``state.values``; None if the card has no ticks state."""
+    if not isinstance(state_values, dict):
+        return None
+    prefix = f"{CALLS_BLOCK_PREFIX}{interrupt_id[:8]}_"
+    found = False
+    ticked: set[int] = set()
+    for block_id, elements in state_values.items():
+        if not block_id.startswith(prefix) or not isinstance(elements, dict):
+            continue
+        states = [v for k, v in elements.items() if k.startswith(SELECT_ACTION) and isinstance(v, dict)]
+        if not states:
+            continue
+        found = True
+        for chosen in (o for state in states for o in state.get("selected_options") or []):
+            value = chosen.get("value") if isinstance(chosen, dict) else None
+            if isinstance(value, str) and value.isdigit():
+                ticked.add(int(value))
+    return ticked if found else None
+
+
+# --- the edit dialog -----------------------------------------------------------------------------
+
+# Slack wants action ids unique within a view: each input's action id is its block id.
+
+
+def _arg_block_id(n: int, name: str) -> str:
+    return f"arg_{n}_{name}"[:255]
+
+
+def edit_modal(ref: CardRef, request: ReviewRequest, *, channel: str, card_ts: str) -> Block:
+    metadata = json.dumps({"run": ref.run_id, "interrupt": ref.interrupt_id, "channel": channel, "card_ts": card_ts})
+    if len(metadata) > PRIVATE_METADATA:
+        raise ValueError("edit dialog metadata too long")
+    blocks: list[Block] = [section(f"Run `{ref.run_id}`: change arguments, untick calls to reject them.")]
+    for n, (action, config) in enumerate(zip(request["action_requests"], request["review_configs"])):
+        schema = config.get("args_schema") or {}
+        properties = schema.get("properties") or {name: {} for name in action["args"]}
+        required = set(schema.get("required") or [])
+        include = option("run this call", "yes")
+        blocks += [
+            divider(),
+            {
+                "type": "input",
+                "block_id": f"include_{n}",
+                "optional": True,
+                "label": plain(f"{n + 1}. {action['name']}", 2000),
+                "element": {"type": "checkboxes", "action_id": f"include_{n}", "options": [include],
+                            "initial_options": [include]},
+            },
+        ]
+        for name, prop in properties.items():
+            blocks.append(_arg_input(n, name, prop, action["args"].get(name), name in required))
+    if len(blocks) > 100:
+        raise ValueError("too many calls and arguments for one edit dialog")
+    return {
+        "type": "modal",
+        "callback_id": EDIT_CALLBACK,
+        "title": plain("Edit tool calls", MODAL_TITLE),
+        "submit": plain("Approve", MODAL_TITLE),
+        "close": plain("Cancel", MODAL_TITLE),
+        "private_metadata": metadata,
+        "blocks": blocks,
+    }
+
+
+def _arg_input(n: int, name: str, prop: dict[str, Any], value: Any, required: bool) -> Block:
+    block_id = _arg_block_id(n, name)
+    kind = prop.get("type")
+    label = f"{name} ({kind})" if kind and kind != "string" else name
+    element: Block
+    if "enum" in prop or kind == "boolean":
+        choices = prop.get("enum") or [True, False]
+        options = [option(json.dumps(c) if not isinstance(c, str) else c, json.dumps(c)) for c in choices]
+        element = {"type": "static_select", "action_id": block_id, "options": options}
+        chosen = [o for o in options if value is not None and o["value"] == json.dumps(value)]
+        if chosen:
+            element["initial_option"] = chosen[0]
+    elif kind in ("integer", "number"):
+        element = {"type": "number_input", "action_id": block_id, "is_decimal_allowed": kind == "number"}
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            element["initial_value"] = str(value)
+    elif kind == "string":
+        text = "" if value is None else str(value)
+        element = {"type": "plain_text_input", "action_id": block_id, "multiline": len(text) > 60 or "\n" in text}
+        if text:
+            element["initial_value"] = text
+    else:
+        label = f"{name} (JSON)"
+        element = {"type": "plain_text_input", "action_id": block_id, "multiline": True}
+        if value is not None:
+            element["initial_value"] = json.dumps(value)
+    block: Block = {"type": "input", "block_id": block_id, "label": plain(label, 2000),
+                    "element": element, "optional": not required}
+    if prop.get("description"):
+        block["hint"] = plain(prop["description"], 2000)
+    return block
+
+
+def parse_edit_metadata(view: Any) -> tuple[CardRef, str, str]:
+    try:
+        data = json.loads(view["private_metadata"])
+        return CardRef(data["run"], data["interrupt"]), data["channel"], data["card_ts"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise MalformedCard(f"edit dialog metadata is not ours: {exc}") from None
+
+
+def parse_edit(values: Any, request: ReviewRequest) -> tuple[list[Decision], dict[str, str], dict[int, dict[str, str]]]:
+    """Turn the dialog's fields into decisions. Returns (decisions, field errors by block id,
+    {call index: {arg name: block id}}) so schema errors found later can be mapped back to fields."""
+    values = values if isinstance(values, dict) else {}
+    decisions: list[Decision] = []
+    errors: dict[str, str] = {}
+    fields: dict[int, dict[str, str]] = {}
+    for n, (action, config) in enumerate(zip(request["action_requests"], request["review_configs"])):
+        include_state = (values.get(f"include_{n}") or {}).get(f"include_{n}") or {}
+        if not include_state.get("selected_options"):
+            decisions.append({"type": "reject", "message": "unticked in the edit dialog"})
+            continue
+        schema = config.get("args_schema") or {}
+        properties = schema.get("properties") or {name: {} for name in action["args"]}
+        args: dict[str, Any] = {}
+        fields[n] = {}
+        for name, prop in properties.items():
+            block_id = _arg_block_id(n, name)
+            fields[n][name] = block_id
+            state = (values.get(block_id) or {}).get(block_id) or {}
+            try:
+                parsed = _field_value(state, prop)
+            except ValueError as exc:
+                errors[block_id] = str(exc)
+                continue
+            if parsed is not _MISSING:
+                args[name] = parsed
+        if args == action["args"]:
+            decisions.append({"type": "approve"})
+        else:
+            decisions.append({"type": "edit", "edited_action": {"name": action["name"], "args": args}})
+    return decisions, errors, fields
+
+
+_MISSING = object()
+
+
+def _field_value(state: dict[str, Any], prop: dict[str, Any]) -> Any:
+    kind = prop.get("type")
+    if state.get("type") == "static_select":
+        chosen = state.get("selected_option")
+        return _MISSING if not chosen else json.loads(chosen["value"])
+    raw = state.get("value")
+    if raw is None or raw == "":
+        return _MISSING
+    if kind == "integer":
+        try:
+            return int(raw)
+        except ValueError:
+            raise ValueError("must be a whole number") from None
+    if kind == "number":
+        try:
+            return float(raw)
+        except ValueError:
+            raise ValueError("must be a number") from None
+    if kind == "string":
+        return raw
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise ValueError("must be valid JSON") from None

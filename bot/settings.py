@@ -1,0 +1,81 @@
+"""Bot settings, read once from the environment at start-up; errors name the missing variable."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from graphs.errors import ConfigError
+from graphs.settings import CoreSettings
+
+SLACK_API_DEFAULT = "https://slack.com/api/"
+
+
+def _ids(raw: str | None, name: str) -> frozenset[str]:
+    ids = frozenset(part.strip() for part in (raw or "").replace(",", " ").split() if part.strip())
+    bad = sorted(i for i in ids if not i[:1] in ("U", "W", "S"))
+    if bad:
+        raise ConfigError(
+            f"{name} holds Slack user IDs (U…/W…) and user group IDs (S…), never names; not understood: {', '.join(bad)}"
+        )
+    return ids
+
+
+def _flag(raw: str | None, name: str, default: bool) -> bool:
+    if raw in (None, ""):
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+@dataclass(frozen=True)
+class BotSettings:
+    bot_token: str
+    signing_secret: str | None
+    app_token: str | None  # set: Socket Mode; unset: HTTP mode
+    api_url: str = SLACK_API_DEFAULT
+    port: int = 3000
+    approvers: frozenset[str] = frozenset()  # empty: any member except the requester
+    allow_self_approval: bool = False
+    update_budget_per_minute: int = 45  # chat.update is Tier 3 (~50/min per workspace)
+    core: CoreSettings = field(default_factory=CoreSettings)
+
+    @property
+    def socket_mode(self) -> bool:
+        return bool(self.app_token)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "BotSettings":
+        env = os.environ if env is None else env
+        bot_token = env.get("SLACK_BOT_TOKEN", "")
+        if not bot_token:
+            raise ConfigError("SLACK_BOT_TOKEN is not set: the bot token (xoxb-…) from your Slack app's OAuth page")
+        if not bot_token.startswith("xoxb-"):
+            raise ConfigError("SLACK_BOT_TOKEN must be a bot token starting with xoxb-")
+        app_token = env.get("SLACK_APP_TOKEN") or None
+        if app_token and not app_token.startswith("xapp-"):
+            raise ConfigError("SLACK_APP_TOKEN must be an app-level token starting with xapp- (Socket Mode)")
+        signing_secret = env.get("SLACK_SIGNING_SECRET") or None
+        if not app_token and not signing_secret:
+            raise ConfigError(
+                "SLACK_SIGNING_SECRET is not set: HTTP mode needs it to verify Slack's requests "
+                "(Basic Information -> Signing Secret); or set SLACK_APP_TOKEN for Socket Mode"
+            )
+        raw_port = env.get("PORT") or "3000"
+        if not raw_port.isdigit() or not 0 < int(raw_port) < 65536:
+            raise ConfigError(f"PORT must be a TCP port number, got {raw_port!r}")
+        api_url = env.get("SLACK_API_URL") or SLACK_API_DEFAULT
+        return cls(
+            bot_token=bot_token,
+            signing_secret=signing_secret,
+            app_token=app_token,
+            api_url=api_url if api_url.endswith("/") else api_url + "/",
+            port=int(raw_port),
+            approvers=_ids(env.get("CHATOPS_APPROVERS"), "CHATOPS_APPROVERS"),
+            allow_self_approval=_flag(env.get("CHATOPS_ALLOW_SELF_APPROVAL"), "CHATOPS_ALLOW_SELF_APPROVAL", False),
+            core=CoreSettings.from_env(env),
+        )

@@ -1,0 +1,317 @@
+"""Turns runs into Slack messages and clicks into decisions: the bot's side of the runs seam.
+
+Listeners call in here after they acked; anything slow (the agent, tools, Slack posts) runs in this
+object's own asyncio tasks, never inside a listener, so every click is acknowledged within Slack's 3 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Coroutine
+from typing import Any
+
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from graphs.errors import InvalidArguments, InvalidDecision, NotPending, RunBusy, RunPaused
+from graphs.runs import Runs
+from graphs.types import (
+    Decision,
+    PendingReview,
+    ReviewDecided,
+    ReviewRequested,
+    RunEvent,
+)
+
+from .approvers import Approvers
+from .cards import (
+    CardRef,
+    MalformedCard,
+    approval_card,
+    decided_card,
+    edit_modal,
+    parse_edit,
+    selected_indexes,
+)
+from .progress import Progress
+from .store import SlackStore, new_run_id
+from .updates import MessageUpdater
+
+log = logging.getLogger(__name__)
+
+STALE_CARD = "This card is no longer current: it was already decided, replaced by a newer card, or the run ended."
+LEADING_MENTIONS = re.compile(r"^\s*(<@[UW][A-Z0-9]+(\|[^>]*)?>[\s,:]*)+")
+POST_ATTEMPTS = 4
+
+
+class SlackRuns:
+    def __init__(
+        self,
+        runs: Runs,
+        client: AsyncWebClient,
+        store: SlackStore,
+        updater: MessageUpdater,
+        approvers: Approvers,
+    ) -> None:
+        self.runs = runs
+        self.client = client
+        self.store = store
+        self.updater = updater
+        self.approvers = approvers
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # --- background work ------------------------------------------------------------------------
+
+    def spawn(self, work: Coroutine[Any, Any, Any], what: str) -> asyncio.Task[Any]:
+        task = asyncio.create_task(work, name=what)
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+        return task
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s failed", task.get_name(), exc_info=task.exception())
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    async def close(self, timeout_s: float = 10.0) -> None:
+        """Let running work finish (bounded); what is cut off stays checkpointed in Redis."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout_s)
+        for task in set(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=2)
+
+    # --- asking -----------------------------------------------------------------------------------
+
+    async def ask(self, *, channel: str, user: str, text: str, message_ts: str, thread_ts: str | None) -> None:
+        """Someone asked the bot for a task (mention, DM or /chatops run): answer in the thread."""
+        task = LEADING_MENTIONS.sub("", text).strip()
+        slack_thread = thread_ts or message_ts
+        if not task:
+            await self._post(channel, slack_thread, "Tell me what to do, e.g. _check the API and run the disk-usage runbook_.")
+            return
+        run_id = await self.store.run_for_thread(channel, slack_thread)
+        if run_id:
+            refusal = await self._busy_reason(run_id)
+            if refusal:
+                await self._post(channel, slack_thread, refusal)
+                return
+        else:
+            run_id = await self.store.claim_thread(channel, slack_thread, new_run_id())
+        progress = Progress(run_id, user, task)
+        fallback, blocks = progress.render()
+        posted = await self._post(channel, slack_thread, fallback, blocks)
+        if posted is None:
+            return
+        await self.store.save_run(
+            run_id, channel=channel, thread_ts=slack_thread, progress_ts=posted, requester=user, task=task,
+            progress=progress.to_json(),
+        )
+        self.spawn(self._start(run_id, task, user, progress, channel, posted), f"run {run_id}")
+
+    async def ask_from_command(self, *, channel: str, user: str, task: str) -> None:
+        """/chatops run: the request becomes a visible message the thread hangs off."""
+        root = await self._post(channel, None, f"<@{user}> asked: {task}")
+        if root is None:
+            await self._tell(channel, user, "I could not post in this channel; invite me first (`/invite @chatops`).")
+            return
+        await self.ask(channel=channel, user=user, text=task, message_ts=root, thread_ts=None)
+
+    async def _busy_reason(self, run_id: str) -> str | None:
+        pending = await self.runs.pending_review(run_id)
+        if pending is not None:
+            return f"Run `{run_id}` in this thread is waiting for approval on the card above; decide or cancel it first."
+        if await self.runs.locks.is_held(run_id):
+            return f"Run `{run_id}` in this thread is still working; ask again when it is done."
+        return None
+
+    async def _start(self, run_id: str, task: str, user: str, progress: Progress, channel: str, progress_ts: str) -> None:
+        on_event = self._listener(run_id, progress, channel, progress_ts)
+        try:
+            await self.runs.start(run_id, task, requester=user, on_event=on_event)
+        except (RunBusy, RunPaused) as exc:
+            progress.status, progress.error = "failed", str(exc)
+            self._show(progress, channel, progress_ts)
+
+    # --- progress -------------------------------------------------------------------------------
+
+    def _show(self, progress: Progress, channel: str, ts: str) -> None:
+        text, blocks = progress.render()
+        # End states and pauses jump the queue; streaming progress waits its turn.
+        self.updater.submit(channel, ts, text=text, blocks=blocks, final=progress.final or progress.status == "waiting")
+
+    def _listener(self, run_id: str, progress: Progress, channel: str, progress_ts: str):  # noqa: ANN202
+        async def on_event(event: RunEvent) -> None:
+            if isinstance(event, ReviewDecided):
+                await self._show_decision(run_id, event)
+                progress.decided([(a["tool_call_id"], d["type"]) for a, d in
+                                  zip(event.request["action_requests"], event.decisions)], event.decided_by or "?")
+            if progress.apply(event) or isinstance(event, ReviewDecided):
+                self._show(progress, channel, progress_ts)
+            if isinstance(event, ReviewRequested):
+                await self._post_card(run_id, event)
+            if isinstance(event, ReviewRequested) or progress.final:
+                await self.store.save_run(run_id, progress=progress.to_json())
+
+        return on_event
+
+    # --- cards ------------------------------------------------------------------------------------
+
+    async def _post_card(self, run_id: str, event: ReviewRequested) -> None:
+        meta = await self.store.run(run_id)
+        ref = CardRef(run_id, event.interrupt_id)
+        text, blocks = approval_card(ref, event.request, requester=meta.get("requester"), task=meta.get("task", ""))
+        ts = await self._post(meta["channel"], meta["thread_ts"], text, blocks)
+        if ts:
+            await self.store.save_run(run_id, card_ts=ts, card_interrupt=event.interrupt_id)
+
+    async def _show_decision(self, run_id: str, event: ReviewDecided) -> None:
+        meta = await self.store.run(run_id)
+        if not meta.get("card_ts") or meta.get("card_interrupt") != event.interrupt_id:
+            return
+        ref = CardRef(run_id, event.interrupt_id)
+        text, blocks = decided_card(
+            ref, event.request, event.decisions, decided_by=event.decided_by or "?",
+            requester=meta.get("requester"), task=meta.get("task", ""),
+        )
+        self.updater.submit(meta["channel"], meta["card_ts"], text=text, blocks=blocks, final=True)
+
+    # --- deciding -------------------------------------------------------------------------------
+
+    async def check_click(self, ref: CardRef, user: str) -> tuple[PendingReview, dict[str, str]] | str:
+        """The pending review a click on ``ref`` answers, or why the click is refused."""
+        meta = await self.store.run(ref.run_id)
+        if not meta:
+            return f"I know no run `{ref.run_id}`; it may have expired."
+        refusal = await self.approvers.refusal(user, meta.get("requester") or None)
+        if refusal:
+            return refusal
+        pending = await self.runs.pending_review(ref.run_id)
+        if pending is None or pending.interrupt_id != ref.interrupt_id:
+            return STALE_CARD
+        return pending, meta
+
+    async def decide(self, *, action_id: str, value: Any, user: str, channel: str, state_values: Any) -> None:
+        """Approve selected / Reject on a card. Runs after the click was acked."""
+        try:
+            ref = CardRef.parse(value)
+        except MalformedCard as exc:
+            log.warning("refused a click from %s: %s", user, exc)
+            await self._tell(channel, user, "That button is not one of mine; nothing was changed.")
+            return
+        checked = await self.check_click(ref, user)
+        if isinstance(checked, str):
+            await self._tell(channel, user, checked)
+            return
+        pending, _ = checked
+        count = len(pending.request["action_requests"])
+        if action_id == "approve":
+            ticked = selected_indexes(state_values, ref.interrupt_id)
+            ticked = set(range(count)) if ticked is None else ticked
+            if not ticked:
+                await self._tell(channel, user, "Nothing is ticked: tick the calls to allow, or click Reject.")
+                return
+            decisions: list[Decision] = [
+                {"type": "approve"} if n in ticked else {"type": "reject", "message": "not ticked by the approver"}
+                for n in range(count)
+            ]
+        else:
+            decisions = [{"type": "reject", "message": ""} for _ in range(count)]
+        await self.resume(ref, decisions, user, channel)
+
+    async def resume(self, ref: CardRef, decisions: list[Decision], user: str, channel: str) -> None:
+        meta = await self.store.run(ref.run_id)
+        progress = Progress.from_json(meta["progress"]) if meta.get("progress") else Progress(ref.run_id, None, "")
+        on_event = self._listener(ref.run_id, progress, meta["channel"], meta["progress_ts"])
+        try:
+            await self.runs.resume(ref.run_id, ref.interrupt_id, decisions, decided_by=user, on_event=on_event)
+        except RunBusy:
+            await self._tell(channel, user, "Someone else is deciding this card right now; nothing was changed.")
+        except NotPending:
+            await self._tell(channel, user, STALE_CARD)
+        except InvalidDecision as exc:
+            await self._tell(channel, user, f"Not accepted: {exc}")
+
+    async def open_editor(self, *, value: Any, user: str, channel: str, card_ts: str, trigger_id: str) -> None:
+        try:
+            ref = CardRef.parse(value)
+        except MalformedCard as exc:
+            log.warning("refused an edit click from %s: %s", user, exc)
+            await self._tell(channel, user, "That button is not one of mine; nothing was changed.")
+            return
+        checked = await self.check_click(ref, user)
+        if isinstance(checked, str):
+            await self._tell(channel, user, checked)
+            return
+        pending, _ = checked
+        view = edit_modal(ref, pending.request, channel=channel, card_ts=card_ts)
+        try:
+            await self.client.views_open(trigger_id=trigger_id, view=view)
+        except SlackApiError as exc:
+            log.warning(
+                "could not open the edit dialog for run %s: %s %s", ref.run_id, exc.response.get("error"),
+                (exc.response.get("response_metadata") or {}).get("messages", ""),
+            )
+            await self._tell(channel, user, "Slack did not open the edit dialog in time; click Edit… again.")
+
+    async def check_edit(self, ref: CardRef, user: str, values: Any) -> tuple[list[Decision], dict[str, str]]:
+        """Field errors for the edit dialog (by block id), or the decisions it stands for."""
+        checked = await self.check_click(ref, user)
+        if isinstance(checked, str):
+            return [], {"include_0": checked}
+        pending, _ = checked
+        decisions, errors, fields = parse_edit(values, pending.request)
+        for n, decision in enumerate(decisions):
+            if decision["type"] != "edit" or any(b in errors for b in fields.get(n, {}).values()):
+                continue
+            try:
+                self.runs.registry.validate_args(decision["edited_action"]["name"], decision["edited_action"]["args"])
+            except InvalidArguments as exc:
+                for name, message in exc.errors.items():
+                    errors[fields[n].get(name.split(".")[0], f"include_{n}")] = message
+        if not errors and all(d["type"] == "reject" for d in decisions):
+            errors["include_0"] = "Every call is unticked: tick at least one, or close this and click Reject on the card."
+        return decisions, errors
+
+    # --- Slack calls ------------------------------------------------------------------------------
+
+    async def _post(self, channel: str, thread_ts: str | None, text: str, blocks: list[dict] | None = None) -> str | None:
+        """chat.postMessage with 429 handling; runs in background tasks only, so waiting here is fine."""
+        for attempt in range(POST_ATTEMPTS):
+            try:
+                response = await self.client.chat_postMessage(channel=channel, thread_ts=thread_ts, text=text, blocks=blocks)
+                return response["ts"]
+            except SlackApiError as exc:
+                status = exc.response.status_code
+                if status == 429 or status >= 500:
+                    delay = float(exc.response.headers.get("Retry-After", 1)) if status == 429 else 2**attempt
+                    await asyncio.sleep(min(delay, 30))
+                    continue
+                log.error("chat.postMessage to %s failed: %s", channel, exc.response.get("error"))
+                return None
+        log.error("chat.postMessage to %s gave up after %d attempts", channel, POST_ATTEMPTS)
+        return None
+
+    async def _tell(self, channel: str, user: str, text: str) -> None:
+        """An ephemeral message only ``user`` sees."""
+        try:
+            await self.client.chat_postEphemeral(channel=channel, user=user, text=text)
+        except SlackApiError as exc:
+            log.warning("could not tell %s in %s: %s", user, channel, exc.response.get("error"))
+
+    async def post_message(self, channel: str, text: str) -> str:
+        """The post_message tool's hook: the agent posts to a channel as the bot."""
+        match = re.fullmatch(r"<#([CG][A-Z0-9]+)(\|[^>]*)?>", channel.strip())
+        target = match.group(1) if match else channel.strip()
+        try:
+            response = await self.client.chat_postMessage(channel=target, text=text)
+        except SlackApiError as exc:
+            raise RuntimeError(f"Slack refused the post to {channel}: {exc.response.get('error')}") from None
+        return f"posted to {channel} (message ts {response['ts']})"

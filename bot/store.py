@@ -1,0 +1,53 @@
+"""Where the bot keeps its Slack-side facts in Redis: which Slack thread is which run, its messages, dedupe."""
+
+from __future__ import annotations
+
+import secrets
+import string
+from typing import Any
+
+from redis.asyncio import Redis
+
+RUN_ID_ALPHABET = string.ascii_lowercase + string.digits
+EVENT_DEDUPE_S = 3600  # Slack retries for up to ~6 min; keep ids an hour
+
+
+def new_run_id() -> str:
+    return "".join(secrets.choice(RUN_ID_ALPHABET) for _ in range(8))
+
+
+class SlackStore:
+    def __init__(self, redis: Redis, *, prefix: str = "chatops:slack:", ttl_s: int = 7 * 24 * 3600) -> None:
+        self.redis = redis
+        self._prefix = prefix
+        self._ttl_s = ttl_s
+
+    def _run(self, run_id: str) -> str:
+        return f"{self._prefix}run:{run_id}"
+
+    def _thread(self, channel: str, thread_ts: str) -> str:
+        return f"{self._prefix}thread:{channel}:{thread_ts}"
+
+    async def first_delivery(self, event_id: str) -> bool:
+        """True the first time an event id is seen, across every replica sharing this Redis."""
+        return bool(await self.redis.set(f"{self._prefix}event:{event_id}", 1, nx=True, ex=EVENT_DEDUPE_S))
+
+    async def run_for_thread(self, channel: str, thread_ts: str) -> str | None:
+        return await self.redis.get(self._thread(channel, thread_ts))
+
+    async def claim_thread(self, channel: str, thread_ts: str, run_id: str) -> str:
+        """Bind a Slack thread to a run; if another request bound it first, return that run's id."""
+        key = self._thread(channel, thread_ts)
+        if await self.redis.set(key, run_id, nx=True, ex=self._ttl_s):
+            return run_id
+        return await self.redis.get(key) or run_id
+
+    async def save_run(self, run_id: str, **fields: Any) -> None:
+        key = self._run(run_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping={k: "" if v is None else v for k, v in fields.items()})
+            pipe.expire(key, self._ttl_s)
+            await pipe.execute()
+
+    async def run(self, run_id: str) -> dict[str, str]:
+        return await self.redis.hgetall(self._run(run_id))
