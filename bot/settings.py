@@ -69,6 +69,9 @@ class BotSettings:
         if not raw_port.isdigit() or not 0 < int(raw_port) < 65536:
             raise ConfigError(f"PORT must be a TCP port number, got {raw_port!r}")
         api_url = env.get("SLACK_API_URL") or SLACK_API_DEFAULT
+        raw_budget = env.get("CHATOPS_UPDATE_BUDGET") or "45"
+        if not raw_budget.isdigit() or int(raw_budget) < 1:
+            raise ConfigError(f"CHATOPS_UPDATE_BUDGET must be a positive number of chat.update calls per minute, got {raw_budget!r}")
         return cls(
             bot_token=bot_token,
             signing_secret=signing_secret,
@@ -76,6 +79,7 @@ class BotSettings:
             api_url=api_url if api_url.endswith("/") else api_url + "/",
             port=int(raw_port),
             approvers=_ids(env.get("CHATOPS_APPROVERS"), "CHATOPS_APPROVERS"),
+            update_budget_per_minute=int(raw_budget),
             allow_self_approval=_flag(env.get("CHATOPS_ALLOW_SELF_APPROVAL"), "CHATOPS_ALLOW_SELF_APPROVAL", False),
             core=CoreSettings.from_env(env),
         )
