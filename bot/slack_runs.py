@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 STALE_CARD = "This card is no longer current: it was already decided, replaced by a newer card, or the run ended."
 LEADING_MENTIONS = re.compile(r"^\s*(<@[UW][A-Z0-9]+(\|[^>]*)?>[\s,:]*)+")
 POST_ATTEMPTS = 4
+# A click waits this long for a thread held elsewhere: longer than the lock's expiry, so a lock left by a
+# crashed replica does not refuse the click; a live holder keeps it longer, and then the click is refused.
+RESUME_WAIT_S = 20.0
 
 
 class SlackRuns:
@@ -231,7 +234,9 @@ class SlackRuns:
         progress = Progress.from_json(meta["progress"]) if meta.get("progress") else Progress(ref.run_id, None, "")
         on_event = self._listener(ref.run_id, progress, meta["channel"], meta["progress_ts"])
         try:
-            await self.runs.resume(ref.run_id, ref.interrupt_id, decisions, decided_by=user, on_event=on_event)
+            await self.runs.resume(
+                ref.run_id, ref.interrupt_id, decisions, decided_by=user, on_event=on_event, wait_s=RESUME_WAIT_S
+            )
         except RunBusy:
             await self._tell(channel, user, "Someone else is deciding this card right now; nothing was changed.")
         except NotPending:

@@ -23,7 +23,7 @@ _EXTEND = (
 
 
 class ThreadLocks:
-    def __init__(self, redis: Redis, *, prefix: str = "chatops:lock:", ttl_ms: int = 30_000) -> None:
+    def __init__(self, redis: Redis, *, prefix: str = "chatops:lock:", ttl_ms: int = 15_000) -> None:
         self._redis = redis
         self._prefix = prefix
         self._ttl_ms = ttl_ms

@@ -119,14 +119,16 @@ class Runs:
         *,
         decided_by: str | None = None,
         on_event: OnEvent | None = None,
+        wait_s: float = 0.0,
     ) -> RunResult:
         """Answer the pending review ``interrupt_id`` with one decision per proposed call, in order.
 
         Raises NotPending if that review is no longer the pending one (already decided, rewound,
         cancelled), InvalidDecision/InvalidArguments for a bad answer (nothing runs, the review stays),
-        RunBusy if another process holds the thread right now.
+        RunBusy if another process holds the thread for longer than ``wait_s``. Waiting a little lets a
+        lock left by a crashed process expire, and turns a concurrent second answer into NotPending.
         """
-        async with self.locks.hold(thread_id):
+        async with self.locks.hold(thread_id, wait_s=wait_s):
             pending = await self._pending_from_checkpoint(thread_id)
             if pending is None or pending.interrupt_id != interrupt_id:
                 raise NotPending(f"that review of thread {thread_id} is no longer pending (already decided or replaced)")
