@@ -37,5 +37,7 @@ def web_app(app: AsyncApp, redis: Redis, *, mode: str) -> web.Application:
         return web.Response(text=json.dumps({"ok": True, "mode": mode}), content_type="application/json")
 
     web_application = web.Application(client_max_size=MAX_BODY_BYTES)
-    web_application.add_routes([web.post(EVENTS_PATH, slack_events), web.get("/healthz", healthz)])
+    web_application.add_routes([web.get("/healthz", healthz)])
+    if mode == "http":  # in Socket Mode nothing is verified over HTTP, so nothing is accepted there
+        web_application.add_routes([web.post(EVENTS_PATH, slack_events)])
     return web_application
