@@ -15,7 +15,9 @@ from graphs.errors import ConfigError
 from graphs.runtime import open_runtime
 
 from .app import build_app
-from .approvers import Approvers
+from .approvers import Approvers, Directory
+from .audit import AuditLog
+from .commands import Commands
 from .server import web_app
 from .settings import BotSettings
 from .slack_runs import SlackRuns
@@ -38,9 +40,11 @@ async def serve(settings: BotSettings, *, host: str) -> None:
         updater = MessageUpdater(client, runtime.redis, per_minute=settings.update_budget_per_minute, prefix=prefix)
         await updater.start()
         store = SlackStore(runtime.redis, prefix=f"{prefix}slack:", ttl_s=settings.core.ttl_minutes * 60)
-        approvers = Approvers(client, settings.approvers, allow_self_approval=settings.allow_self_approval)
-        slack_runs = SlackRuns(runtime.runs, client, store, updater, approvers)
-        app = build_app(settings, client, slack_runs)
+        directory = Directory(client)
+        approvers = Approvers(directory, settings.approvers, allow_self_approval=settings.allow_self_approval)
+        slack_runs = SlackRuns(runtime.runs, client, store, updater, approvers, AuditLog(runtime.redis, prefix=prefix))
+        app = build_app(settings, client, slack_runs, Commands(slack_runs, directory, settings.admins))
+        sweeper = asyncio.create_task(slack_runs.sweep_expired(), name="expiry sweeper")
         mode = "socket" if settings.socket_mode else "http"
         runner = web.AppRunner(web_app(app, runtime.redis, mode=mode), access_log=None)
         await runner.setup()
@@ -64,6 +68,7 @@ async def serve(settings: BotSettings, *, host: str) -> None:
         if socket_handler is not None:
             await socket_handler.close_async()
         await runner.cleanup()
+        sweeper.cancel()
         await slack_runs.close()
         await updater.close()
 

@@ -9,19 +9,24 @@ from typing import Any
 from slack_bolt.async_app import AsyncAck, AsyncApp
 from slack_sdk.web.async_client import AsyncWebClient
 
-from .cards import APPROVE_ACTION, EDIT_ACTION, EDIT_CALLBACK, REJECT_ACTION, SELECT_ACTION, MalformedCard, parse_edit_metadata
+from .cards import (
+    APPROVE_ACTION,
+    EDIT_ACTION,
+    EDIT_CALLBACK,
+    REJECT_ACTION,
+    REJECT_CALLBACK,
+    SELECT_ACTION,
+    MalformedCard,
+    parse_edit_metadata,
+    parse_reason,
+)
+from .commands import Commands
 from .settings import BotSettings
 from .slack_runs import SlackRuns
 
 log = logging.getLogger(__name__)
 
-USAGE = """*Chat-ops bot* — ask me in a channel (`@chatops check the API and run the disk-usage runbook`), in a DM, or:
-• `/chatops run <task>` — start a task here; I answer in a thread
-• `/chatops help` — this message
-Anything with side effects waits for an approver on a card in the thread."""
-
-
-def build_app(settings: BotSettings, client: AsyncWebClient, slack_runs: SlackRuns) -> AsyncApp:
+def build_app(settings: BotSettings, client: AsyncWebClient, slack_runs: SlackRuns, commands: Commands) -> AsyncApp:
     app = AsyncApp(
         client=client,
         signing_secret=settings.signing_secret or "",
@@ -57,22 +62,23 @@ def build_app(settings: BotSettings, client: AsyncWebClient, slack_runs: SlackRu
         await ack()  # ticks live in the card's state until a button is clicked
 
     @app.action(APPROVE_ACTION)
-    @app.action(REJECT_ACTION)
-    async def on_decide(ack: AsyncAck, body: dict[str, Any], action: dict[str, Any]) -> None:
+    async def on_approve(ack: AsyncAck, body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()
         slack_runs.spawn(
             slack_runs.decide(
                 action_id=action["action_id"], value=action.get("value"), user=body["user"]["id"],
                 channel=body["container"]["channel_id"], state_values=(body.get("state") or {}).get("values"),
             ),
-            f"decide {action.get('value')}",
+            f"approve {action.get('value')}",
         )
 
     @app.action(EDIT_ACTION)
-    async def on_edit(ack: AsyncAck, body: dict[str, Any], action: dict[str, Any]) -> None:
+    @app.action(REJECT_ACTION)
+    async def on_dialog_button(ack: AsyncAck, body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()
         # Not spawned: the trigger id expires 3 s after the click.
-        await slack_runs.open_editor(
+        opener = slack_runs.open_editor if action["action_id"] == EDIT_ACTION else slack_runs.open_rejector
+        await opener(
             value=action.get("value"), user=body["user"]["id"], channel=body["container"]["channel_id"],
             card_ts=body["container"]["message_ts"], trigger_id=body["trigger_id"],
         )
@@ -91,26 +97,25 @@ def build_app(settings: BotSettings, client: AsyncWebClient, slack_runs: SlackRu
             await ack(response_action="errors", errors=errors)
             return
         await ack()
-        slack_runs.spawn(slack_runs.resume(ref, decisions, user, channel), f"edit {ref.value}")
+        slack_runs.spawn(slack_runs.submit_edit(ref, decisions, user, channel), f"edit {ref.value}")
+
+    @app.view(REJECT_CALLBACK)
+    async def on_reject_submit(ack: AsyncAck, body: dict[str, Any], view: dict[str, Any]) -> None:
+        await ack()
+        try:
+            ref, channel, _ = parse_edit_metadata(view)
+        except MalformedCard as exc:
+            log.warning("refused a reject dialog submission: %s", exc)
+            return
+        reason = parse_reason((view.get("state") or {}).get("values"))
+        slack_runs.spawn(slack_runs.veto(ref, reason, body["user"]["id"], channel), f"reject {ref.value}")
 
     @app.command("/chatops")
     async def on_command(ack: AsyncAck, command: dict[str, Any]) -> None:
-        text = (command.get("text") or "").strip()
-        verb, _, rest = text.partition(" ")
-        verb = verb.lower()
-        if verb in ("", "help"):
-            await ack(text=USAGE)
-        elif verb == "run":
-            if not rest.strip():
-                await ack(text="Usage: `/chatops run <task>` — e.g. `/chatops run check the API health`")
-                return
-            await ack()
-            slack_runs.spawn(
-                slack_runs.ask_from_command(channel=command["channel_id"], user=command["user_id"], task=rest.strip()),
-                "command run",
-            )
-        else:
-            await ack(text=f"I don't know `/chatops {verb}`.\n{USAGE}")
+        answer, work = await commands.handle(command)
+        await ack(text=answer) if answer else await ack()
+        if work is not None:
+            slack_runs.spawn(work, f"/chatops {command.get('text', '')[:40]}")
 
     @app.error
     async def on_error(error: Exception, body: dict[str, Any] | None = None) -> None:

@@ -1,40 +1,36 @@
-"""Who may decide an approval card: Slack user IDs and user group IDs, never display names."""
+"""Who may decide an approval card, and who is an admin: Slack user IDs and user group IDs, never names."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
+
+from graphs.policy import ToolRule
 
 log = logging.getLogger(__name__)
 
 GROUP_CACHE_S = 300.0  # usergroups.users.list is Tier 2 (~20/min): members are cached
 
 
-class Approvers:
-    def __init__(
-        self, client: AsyncWebClient, allowed: frozenset[str], *, allow_self_approval: bool = False
-    ) -> None:
+class Directory:
+    """Membership in a set of user IDs and user group IDs, with group members cached."""
+
+    def __init__(self, client: AsyncWebClient) -> None:
         self._client = client
-        self._users = frozenset(i for i in allowed if not i.startswith("S"))
-        self._groups = frozenset(i for i in allowed if i.startswith("S"))
-        self._allow_self = allow_self_approval
         self._members: dict[str, tuple[float, frozenset[str]]] = {}
 
-    async def refusal(self, user_id: str, requester: str | None) -> str | None:
-        """Why ``user_id`` may not decide a card of ``requester``'s run, or None if they may."""
-        if requester and user_id == requester and not self._allow_self:
-            return "You asked for this run, so someone else has to approve it."
-        if not self._users and not self._groups:
-            return None
-        if user_id in self._users:
-            return None
-        for group in self._groups:
+    async def member_of(self, user_id: str, ids: Iterable[str]) -> bool:
+        ids = set(ids)
+        if user_id in ids:
+            return True
+        for group in sorted(i for i in ids if i.startswith("S")):
             if user_id in await self._group_members(group):
-                return None
-        return "You are not on the list of approvers for this bot (CHATOPS_APPROVERS)."
+                return True
+        return False
 
     async def _group_members(self, group_id: str) -> frozenset[str]:
         cached = self._members.get(group_id)
@@ -48,3 +44,31 @@ class Approvers:
             members = cached[1] if cached else frozenset()
         self._members[group_id] = (time.monotonic(), members)
         return members
+
+
+class Approvers:
+    def __init__(self, directory: Directory, allowed: frozenset[str], *, allow_self_approval: bool = False) -> None:
+        self._directory = directory
+        self._allowed = allowed  # CHATOPS_APPROVERS; empty: any member except the requester
+        self._allow_self = allow_self_approval
+
+    async def refusal(self, user_id: str, requester: str | None, calls: Iterable[tuple[str, ToolRule]]) -> str | None:
+        """Why ``user_id`` may not approve these calls of ``requester``'s run, or None if they may."""
+        for name, rule in calls:
+            if requester and user_id == requester and not (rule.allow_self_approval or self._allow_self):
+                return f"You asked for this run, so someone else has to approve `{name}`."
+            allowed = rule.approvers or self._allowed
+            if allowed and not await self._directory.member_of(user_id, allowed):
+                source = "its policy" if rule.approvers else "CHATOPS_APPROVERS"
+                return f"You are not on the list of approvers for `{name}` ({source}); untick it or ask an approver."
+        return None
+
+    async def may_reject(self, user_id: str, requester: str | None, calls: Iterable[tuple[str, ToolRule]]) -> bool:
+        """The requester may withdraw their own calls; otherwise an approver of any call may veto."""
+        if requester and user_id == requester:
+            return True
+        for name, rule in calls:
+            allowed = rule.approvers or self._allowed
+            if not allowed or await self._directory.member_of(user_id, allowed):
+                return True
+        return False

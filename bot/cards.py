@@ -8,6 +8,7 @@ interrupt id, so a replaced card never inherits stale checkbox state in Slack's 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,36 +67,73 @@ def _call_line(n: int, action: dict[str, Any]) -> str:
     return f"{n}. `{action['name']}` {escape(summarize_args(action['args'], 300))}"
 
 
+def mentions(users: str | list[str]) -> str:
+    ids = users.split(",") if isinstance(users, str) else users
+    return ", ".join(f"<@{u}>" for u in ids if u) or "someone"
+
+
 def approval_card(
-    ref: CardRef, request: ReviewRequest, *, requester: str | None, task: str, note: str | None = None
+    ref: CardRef,
+    request: ReviewRequest,
+    *,
+    requester: str | None,
+    task: str,
+    required: int = 1,
+    approved_by: list[str] | None = None,
+    proposal: list[Decision] | None = None,
+    expires_at: float | None = None,
 ) -> tuple[str, list[Block]]:
+    """The card asking for approval. With ``proposal`` (a first approver's choice on a card that needs
+    several approvers) the checkboxes give way to that proposal, which later approvers confirm."""
     actions = request["action_requests"]
     nonce = ref.interrupt_id[:8]
     asked_by = f"<@{requester}>" if requester else "Someone"
-    details = "\n".join(_call_line(n, a) for n, a in enumerate(actions, 1))
-    options = [
-        option(f"{n}. {a['name']}", str(n - 1), summarize_args(a["args"], 75) or "(no arguments)")
-        for n, a in enumerate(actions, 1)
-    ]
-    blocks: list[Block] = [
-        header("Approval needed"),
-        section(f"{asked_by} asked: {escape(clip(task, 1500))}"),
-        section(f"*The agent wants to run {len(actions)} call{'s' if len(actions) != 1 else ''}:*\n{details}"),
-        *checkbox_groups(options, action_id=SELECT_ACTION, block_prefix=f"{CALLS_BLOCK_PREFIX}{nonce}_"),
-        {
-            "type": "actions",
-            "block_id": f"decide_{nonce}",
-            "elements": [
-                button("Approve selected", APPROVE_ACTION, ref.value, "primary"),
-                button("Reject", REJECT_ACTION, ref.value, "danger"),
-                button("Edit…", EDIT_ACTION, ref.value),
-            ],
-        },
-        context(f"Run `{ref.run_id}` · tick the calls you allow; unticked calls are rejected"
-                + (f" · {escape(note)}" if note else "")),
-    ]
+    blocks: list[Block] = [header("Approval needed"), section(f"{asked_by} asked: {escape(clip(task, 1500))}")]
+    if proposal is None:
+        details = "\n".join(_call_line(n, a) for n, a in enumerate(actions, 1))
+        options = [
+            option(f"{n}. {a['name']}", str(n - 1), summarize_args(a["args"], 75) or "(no arguments)")
+            for n, a in enumerate(actions, 1)
+        ]
+        blocks += [
+            section(f"*The agent wants to run {len(actions)} call{'s' if len(actions) != 1 else ''}:*\n{details}"),
+            *checkbox_groups(options, action_id=SELECT_ACTION, block_prefix=f"{CALLS_BLOCK_PREFIX}{nonce}_"),
+        ]
+        buttons = [
+            button("Approve selected", APPROVE_ACTION, ref.value, "primary"),
+            button("Reject…", REJECT_ACTION, ref.value, "danger"),
+            button("Edit…", EDIT_ACTION, ref.value),
+        ]
+    else:
+        blocks.append(section("*Proposed by the first approver:*\n" + "\n".join(_decision_lines(request, proposal))))
+        buttons = [
+            button("Approve", APPROVE_ACTION, ref.value, "primary"),
+            button("Reject…", REJECT_ACTION, ref.value, "danger"),
+        ]
+    blocks.append({"type": "actions", "block_id": f"decide_{nonce}_{len(approved_by or [])}", "elements": buttons})
+    notes = [f"Run `{ref.run_id}`"]
+    if required > 1:
+        notes.append(f"*{len(approved_by or [])} of {required} approvals*"
+                     + (f" ({mentions(approved_by)})" if approved_by else ""))
+    if proposal is None:
+        notes.append("tick the calls you allow; unticked calls are rejected")
+    if expires_at:
+        notes.append("expires " + time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(expires_at)))
+    blocks.append(context(" · ".join(notes)))
     text = f"Approval needed for run {ref.run_id}: " + ", ".join(a["name"] for a in actions)
     return text, blocks
+
+
+def _decision_lines(request: ReviewRequest, decisions: list[Decision]) -> list[str]:
+    lines = []
+    for n, (action, decision) in enumerate(zip(request["action_requests"], decisions), 1):
+        line = f"{n}. `{action['name']}` {escape(summarize_args(action['args'], 200))} — {DECISION_MARK[decision['type']]}"
+        if decision["type"] == "edit":
+            line += f" to {escape(summarize_args(decision['edited_action']['args'], 200))}"
+        if decision["type"] == "reject" and decision.get("message"):
+            line += f" ({escape(decision['message'])})"
+        lines.append(line)
+    return lines
 
 
 DECISION_MARK = {"approve": ":white_check_mark: approved", "edit": ":pencil2: edited", "reject": ":x: rejected"}
@@ -110,23 +148,15 @@ def decided_card(
     requester: str | None,
     task: str,
 ) -> tuple[str, list[Block]]:
-    lines = []
-    for n, (action, decision) in enumerate(zip(request["action_requests"], decisions), 1):
-        line = f"{n}. `{action['name']}` {escape(summarize_args(action['args'], 200))} — {DECISION_MARK[decision['type']]}"
-        if decision["type"] == "edit":
-            line += f" to {escape(summarize_args(decision['edited_action']['args'], 200))}"
-        if decision["type"] == "reject" and decision.get("message"):
-            line += f" ({escape(decision['message'])})"
-        lines.append(line)
     approved = sum(d["type"] != "reject" for d in decisions)
     asked_by = f"<@{requester}>" if requester else "Someone"
     blocks = [
         header("Approval decided"),
         section(f"{asked_by} asked: {escape(clip(task, 1500))}"),
-        section("\n".join(lines)),
-        context(f"Decided by <@{decided_by}> · {approved} of {len(decisions)} allowed · run `{ref.run_id}`"),
+        section("\n".join(_decision_lines(request, decisions))),
+        context(f"Decided by {mentions(decided_by)} · {approved} of {len(decisions)} allowed · run `{ref.run_id}`"),
     ]
-    text = f"Run {ref.run_id}: {approved} of {len(decisions)} calls approved by <@{decided_by}>"
+    text = f"Run {ref.run_id}: {approved} of {len(decisions)} calls approved by {mentions(decided_by)}"
     return text, blocks
 
 
@@ -239,6 +269,37 @@ def _arg_input(n: int, name: str, prop: dict[str, Any], value: Any, required: bo
     if prop.get("description"):
         block["hint"] = plain(prop["description"], 2000)
     return block
+
+
+REJECT_CALLBACK = "reject_review"
+REASON_BLOCK = "reason"
+
+
+def reject_modal(ref: CardRef, *, channel: str, card_ts: str) -> Block:
+    metadata = json.dumps({"run": ref.run_id, "interrupt": ref.interrupt_id, "channel": channel, "card_ts": card_ts})
+    return {
+        "type": "modal",
+        "callback_id": REJECT_CALLBACK,
+        "title": plain("Reject", MODAL_TITLE),
+        "submit": plain("Reject", MODAL_TITLE),
+        "close": plain("Cancel", MODAL_TITLE),
+        "private_metadata": metadata,
+        "blocks": [
+            section(f"Reject every call of run `{ref.run_id}`. The agent reads your reason."),
+            {
+                "type": "input",
+                "block_id": REASON_BLOCK,
+                "optional": True,
+                "label": plain("Reason", 2000),
+                "element": {"type": "plain_text_input", "action_id": REASON_BLOCK, "multiline": True, "max_length": 1000},
+            },
+        ],
+    }
+
+
+def parse_reason(values: Any) -> str:
+    state = ((values or {}).get(REASON_BLOCK) or {}).get(REASON_BLOCK) or {}
+    return (state.get("value") or "").strip()
 
 
 def parse_edit_metadata(view: Any) -> tuple[CardRef, str, str]:

@@ -41,6 +41,7 @@ class BotSettings:
     port: int = 3000
     approvers: frozenset[str] = frozenset()  # empty: any member except the requester
     allow_self_approval: bool = False
+    admins: frozenset[str] = frozenset()  # may use history, rewind, cancel, audit
     update_budget_per_minute: int = 45  # chat.update is Tier 3 (~50/min per workspace)
     core: CoreSettings = field(default_factory=CoreSettings)
 
@@ -80,6 +81,7 @@ class BotSettings:
             port=int(raw_port),
             approvers=_ids(env.get("CHATOPS_APPROVERS"), "CHATOPS_APPROVERS"),
             update_budget_per_minute=int(raw_budget),
+            admins=_ids(env.get("CHATOPS_ADMINS"), "CHATOPS_ADMINS"),
             allow_self_approval=_flag(env.get("CHATOPS_ALLOW_SELF_APPROVAL"), "CHATOPS_ALLOW_SELF_APPROVAL", False),
             core=CoreSettings.from_env(env),
         )

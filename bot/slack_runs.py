@@ -15,7 +15,11 @@ from typing import Any
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
+import json
+import time
+
 from graphs.errors import InvalidArguments, InvalidDecision, NotPending, RunBusy, RunPaused
+from graphs.policy import ToolRule
 from graphs.runs import Runs
 from graphs.types import (
     Decision,
@@ -26,13 +30,16 @@ from graphs.types import (
 )
 
 from .approvers import Approvers
+from .audit import AuditEntry, AuditLog
 from .cards import (
     CardRef,
     MalformedCard,
     approval_card,
+    closed_card,
     decided_card,
     edit_modal,
     parse_edit,
+    reject_modal,
     selected_indexes,
 )
 from .progress import Progress
@@ -57,12 +64,15 @@ class SlackRuns:
         store: SlackStore,
         updater: MessageUpdater,
         approvers: Approvers,
+        audit: AuditLog,
     ) -> None:
         self.runs = runs
         self.client = client
         self.store = store
         self.updater = updater
         self.approvers = approvers
+        self.audit = audit
+        self.policy = runs.policy
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # --- background work ------------------------------------------------------------------------
@@ -154,6 +164,7 @@ class SlackRuns:
         async def on_event(event: RunEvent) -> None:
             if isinstance(event, ReviewDecided):
                 await self._show_decision(run_id, event)
+                await self._audit_decision(run_id, event)
                 progress.decided([(a["tool_call_id"], d["type"]) for a, d in
                                   zip(event.request["action_requests"], event.decisions)], event.decided_by or "?")
             if progress.apply(event) or isinstance(event, ReviewDecided):
@@ -170,7 +181,11 @@ class SlackRuns:
     async def _post_card(self, run_id: str, event: ReviewRequested) -> None:
         meta = await self.store.run(run_id)
         ref = CardRef(run_id, event.interrupt_id)
-        text, blocks = approval_card(ref, event.request, requester=meta.get("requester"), task=meta.get("task", ""))
+        text, blocks = approval_card(
+            ref, event.request, requester=meta.get("requester"), task=meta.get("task", ""),
+            required=self._required(event.request, range(len(event.request["action_requests"]))),
+            expires_at=time.time() + self.policy.expires_after_s,
+        )
         ts = await self._post(meta["channel"], meta["thread_ts"], text, blocks)
         if ts:
             await self.store.save_run(run_id, card_ts=ts, card_interrupt=event.interrupt_id)
@@ -188,21 +203,28 @@ class SlackRuns:
 
     # --- deciding -------------------------------------------------------------------------------
 
+    def _rules(self, request: dict[str, Any], indexes: Any) -> list[tuple[str, ToolRule]]:
+        actions = request["action_requests"]
+        return [(actions[n]["name"], self.policy.rule(actions[n]["name"])) for n in indexes]
+
+    def _required(self, request: dict[str, Any], indexes: Any) -> int:
+        return max((rule.required_approvals for _, rule in self._rules(request, indexes)), default=1)
+
     async def check_click(self, ref: CardRef, user: str) -> tuple[PendingReview, dict[str, str]] | str:
-        """The pending review a click on ``ref`` answers, or why the click is refused."""
+        """The pending review a click on ``ref`` answers, or why the click is refused (stale, expired)."""
         meta = await self.store.run(ref.run_id)
         if not meta:
             return f"I know no run `{ref.run_id}`; it may have expired."
-        refusal = await self.approvers.refusal(user, meta.get("requester") or None)
-        if refusal:
-            return refusal
         pending = await self.runs.pending_review(ref.run_id)
         if pending is None or pending.interrupt_id != ref.interrupt_id:
             return STALE_CARD
+        if time.time() - pending.created_at > self.policy.expires_after_s:
+            await self.expire(pending)
+            return "This approval expired before anyone decided; ask again if it is still needed."
         return pending, meta
 
     async def decide(self, *, action_id: str, value: Any, user: str, channel: str, state_values: Any) -> None:
-        """Approve selected / Reject on a card. Runs after the click was acked."""
+        """Approve (selected) on a card. Runs after the click was acked."""
         try:
             ref = CardRef.parse(value)
         except MalformedCard as exc:
@@ -213,58 +235,107 @@ class SlackRuns:
         if isinstance(checked, str):
             await self._tell(channel, user, checked)
             return
-        pending, _ = checked
+        pending, meta = checked
         count = len(pending.request["action_requests"])
-        if action_id == "approve":
+        proposal = await self.store.proposal(ref.run_id, ref.interrupt_id)
+        if proposal is not None:
+            decisions: list[Decision] = json.loads(proposal)
+        else:
             ticked = selected_indexes(state_values, ref.interrupt_id)
             ticked = set(range(count)) if ticked is None else ticked
             if not ticked:
                 await self._tell(channel, user, "Nothing is ticked: tick the calls to allow, or click Reject.")
                 return
-            decisions: list[Decision] = [
+            decisions = [
                 {"type": "approve"} if n in ticked else {"type": "reject", "message": "not ticked by the approver"}
                 for n in range(count)
             ]
-        else:
-            decisions = [{"type": "reject", "message": ""} for _ in range(count)]
-        await self.resume(ref, decisions, user, channel)
+        await self.approve(ref, pending, meta, decisions, user, channel)
 
-    async def resume(self, ref: CardRef, decisions: list[Decision], user: str, channel: str) -> None:
+    async def approve(
+        self, ref: CardRef, pending: PendingReview, meta: dict[str, str], decisions: list[Decision], user: str, channel: str
+    ) -> None:
+        """One approver's yes. Resumes the run once the card has as many distinct approvers as its policy asks."""
+        allowed = [n for n, d in enumerate(decisions) if d["type"] != "reject"]
+        refusal = await self.approvers.refusal(user, meta.get("requester") or None, self._rules(pending.request, allowed))
+        if refusal:
+            await self._tell(channel, user, refusal)
+            return
+        required = self._required(pending.request, allowed)
+        if required <= 1:
+            await self.resume(ref, decisions, user, channel)
+            return
+        standing = json.loads(await self.store.propose(ref.run_id, ref.interrupt_id, json.dumps(decisions)))
+        added, approvers = await self.store.add_approver(ref.run_id, ref.interrupt_id, user)
+        if not added:
+            await self._tell(channel, user, f"You already approved this; it needs {required - len(approvers)} more approver(s).")
+            return
+        await self.audit.record(AuditEntry(ref.run_id, "approval", user, details={
+            "count": len(approvers), "required": required, "interrupt": ref.interrupt_id}))
+        if len(approvers) < required:
+            text, blocks = approval_card(
+                ref, pending.request, requester=meta.get("requester"), task=meta.get("task", ""), required=required,
+                approved_by=approvers, proposal=standing, expires_at=pending.created_at + self.policy.expires_after_s,
+            )
+            self.updater.submit(meta["channel"], meta["card_ts"], text=text, blocks=blocks, final=True)
+            return
+        await self.resume(ref, standing, ",".join(approvers), channel, notify=user)
+
+    async def resume(
+        self, ref: CardRef, decisions: list[Decision], decided_by: str, channel: str, *, notify: str | None = None
+    ) -> None:
+        who = notify or decided_by
         meta = await self.store.run(ref.run_id)
         progress = Progress.from_json(meta["progress"]) if meta.get("progress") else Progress(ref.run_id, None, "")
         on_event = self._listener(ref.run_id, progress, meta["channel"], meta["progress_ts"])
         try:
             await self.runs.resume(
-                ref.run_id, ref.interrupt_id, decisions, decided_by=user, on_event=on_event, wait_s=RESUME_WAIT_S
+                ref.run_id, ref.interrupt_id, decisions, decided_by=decided_by, on_event=on_event, wait_s=RESUME_WAIT_S
             )
         except RunBusy:
-            await self._tell(channel, user, "Someone else is deciding this card right now; nothing was changed.")
+            await self._tell(channel, who, "Someone else is deciding this card right now; nothing was changed.")
         except NotPending:
-            await self._tell(channel, user, STALE_CARD)
+            await self._tell(channel, who, STALE_CARD)
         except InvalidDecision as exc:
-            await self._tell(channel, user, f"Not accepted: {exc}")
+            await self._tell(channel, who, f"Not accepted: {exc}")
 
-    async def open_editor(self, *, value: Any, user: str, channel: str, card_ts: str, trigger_id: str) -> None:
+    async def _open_dialog(self, *, value: Any, user: str, channel: str, card_ts: str, trigger_id: str, kind: str) -> None:
         try:
             ref = CardRef.parse(value)
         except MalformedCard as exc:
-            log.warning("refused an edit click from %s: %s", user, exc)
+            log.warning("refused a %s click from %s: %s", kind, user, exc)
             await self._tell(channel, user, "That button is not one of mine; nothing was changed.")
             return
         checked = await self.check_click(ref, user)
         if isinstance(checked, str):
             await self._tell(channel, user, checked)
             return
-        pending, _ = checked
-        view = edit_modal(ref, pending.request, channel=channel, card_ts=card_ts)
+        pending, meta = checked
+        everything = self._rules(pending.request, range(len(pending.request["action_requests"])))
+        if kind == "reject":
+            if not await self.approvers.may_reject(user, meta.get("requester") or None, everything):
+                await self._tell(channel, user, "You are not an approver of any call on this card.")
+                return
+            view = reject_modal(ref, channel=channel, card_ts=card_ts)
+        else:
+            if await self.store.proposal(ref.run_id, ref.interrupt_id) is not None:
+                await self._tell(channel, user, "The first approver's proposal stands; approve or reject it.")
+                return
+            view = edit_modal(ref, pending.request, channel=channel, card_ts=card_ts)
         try:
             await self.client.views_open(trigger_id=trigger_id, view=view)
         except SlackApiError as exc:
             log.warning(
-                "could not open the edit dialog for run %s: %s %s", ref.run_id, exc.response.get("error"),
+                "could not open the %s dialog for run %s: %s %s", kind, ref.run_id, exc.response.get("error"),
                 (exc.response.get("response_metadata") or {}).get("messages", ""),
             )
-            await self._tell(channel, user, "Slack did not open the edit dialog in time; click Edit… again.")
+            await self._tell(channel, user, "Slack did not open the dialog in time; click the button again.")
+
+    async def open_editor(self, **click: Any) -> None:
+        await self._open_dialog(**click, kind="edit")
+
+    async def open_rejector(self, **click: Any) -> None:
+        await self._open_dialog(**click, kind="reject")
 
     async def check_edit(self, ref: CardRef, user: str, values: Any) -> tuple[list[Decision], dict[str, str]]:
         """Field errors for the edit dialog (by block id), or the decisions it stands for."""
@@ -284,6 +355,113 @@ class SlackRuns:
         if not errors and all(d["type"] == "reject" for d in decisions):
             errors["include_0"] = "Every call is unticked: tick at least one, or close this and click Reject on the card."
         return decisions, errors
+
+    async def submit_edit(self, ref: CardRef, decisions: list[Decision], user: str, channel: str) -> None:
+        checked = await self.check_click(ref, user)
+        if isinstance(checked, str):
+            await self._tell(channel, user, checked)
+            return
+        pending, meta = checked
+        await self.approve(ref, pending, meta, decisions, user, channel)
+
+    async def veto(self, ref: CardRef, reason: str, user: str, channel: str) -> None:
+        """A rejection: one is enough, whatever the card's number of required approvals."""
+        checked = await self.check_click(ref, user)
+        if isinstance(checked, str):
+            await self._tell(channel, user, checked)
+            return
+        pending, meta = checked
+        everything = self._rules(pending.request, range(len(pending.request["action_requests"])))
+        if not await self.approvers.may_reject(user, meta.get("requester") or None, everything):
+            await self._tell(channel, user, "You are not an approver of any call on this card.")
+            return
+        decisions: list[Decision] = [{"type": "reject", "message": reason} for _ in pending.request["action_requests"]]
+        await self.resume(ref, decisions, user, channel)
+
+    async def _audit_decision(self, run_id: str, event: ReviewDecided) -> None:
+        by = event.decided_by or "?"
+        for action, decision in zip(event.request["action_requests"], event.decisions):
+            call = {"id": action["tool_call_id"], "name": action["name"], "args": action["args"]}
+            details: dict[str, Any] = {"interrupt": event.interrupt_id}
+            if decision["type"] == "edit":
+                call["args"] = decision["edited_action"]["args"]
+                details.update(old_args=action["args"], new_args=decision["edited_action"]["args"])
+            if decision["type"] == "reject" and decision.get("message"):
+                details["reason"] = decision["message"]
+            kind = {"approve": "approved", "edit": "edited", "reject": "rejected"}[decision["type"]]
+            await self.audit.record(AuditEntry(run_id, kind, by, tool_call=call, details=details))
+
+    # --- ending and rewinding runs ----------------------------------------------------------------
+
+    async def _close_card(self, run_id: str, pending: PendingReview, *, title: str, reason: str) -> None:
+        meta = await self.store.run(run_id)
+        if not meta.get("card_ts") or meta.get("card_interrupt") != pending.interrupt_id:
+            return
+        text, blocks = closed_card(CardRef(run_id, pending.interrupt_id), pending.request, title=title, reason=reason,
+                                   task=meta.get("task", ""))
+        self.updater.submit(meta["channel"], meta["card_ts"], text=text, blocks=blocks, final=True)
+
+    async def _show_end(self, run_id: str, status: str, note: str) -> None:
+        meta = await self.store.run(run_id)
+        if not meta.get("progress_ts"):
+            return
+        progress = Progress.from_json(meta["progress"]) if meta.get("progress") else Progress(run_id, None, "")
+        progress.status, progress.note = status, note
+        await self.store.save_run(run_id, progress=progress.to_json())
+        self._show(progress, meta["channel"], meta["progress_ts"])
+
+    async def expire(self, pending: PendingReview) -> bool:
+        if not await self.runs.expire(pending.thread_id, pending.interrupt_id):
+            return False
+        after = _duration(self.policy.expires_after_s)
+        await self.audit.record(AuditEntry(pending.thread_id, "expired", "system", details={
+            "interrupt": pending.interrupt_id, "waited_s": round(time.time() - pending.created_at, 1),
+            "calls": [a["name"] for a in pending.request["action_requests"]]}))
+        await self._close_card(pending.thread_id, pending, title="Approval expired",
+                               reason=f"Expired: nobody decided within {after}; nothing ran")
+        await self._show_end(pending.thread_id, "expired", f"expired after {after}")
+        return True
+
+    async def sweep_expired(self) -> None:
+        """Expire reviews that waited longer than the policy allows; every replica may sweep, one wins."""
+        period = max(0.5, min(30.0, self.policy.expires_after_s / 4))
+        while True:
+            try:
+                now = time.time()
+                for pending in await self.runs.pending():
+                    if now - pending.created_at > self.policy.expires_after_s:
+                        await self.expire(pending)
+            except Exception:  # noqa: BLE001 - the sweeper must outlive a Redis hiccup
+                log.exception("expiry sweep failed; trying again in %.0fs", period)
+            await asyncio.sleep(period)
+
+    async def cancel(self, run_id: str, by: str) -> None:
+        pending = await self.runs.pending_review(run_id)
+        await self.runs.cancel(run_id, by=by)
+        await self.audit.record(AuditEntry(run_id, "cancelled", by, details={
+            "interrupt": pending.interrupt_id if pending else None}))
+        if pending is not None:
+            await self._close_card(run_id, pending, title="Approval cancelled", reason=f"Cancelled by <@{by}>; nothing ran")
+        await self._show_end(run_id, "cancelled", f"cancelled by <@{by}>")
+
+    async def rewind(self, run_id: str, checkpoint: str | None, by: str) -> str:
+        """Fork the run from a checkpoint; old cards go stale, anything with side effects gets a new card."""
+        meta = await self.store.run(run_id)
+        old = await self.runs.pending_review(run_id)
+        target = await self.runs.rewind_target(run_id, checkpoint)
+        if old is not None:
+            await self._close_card(run_id, old, title="Approval replaced",
+                                   reason=f"Rewound by <@{by}>: this card is no longer current")
+        await self.audit.record(AuditEntry(run_id, "rewound", by, details={"checkpoint": target.checkpoint_id[-8:]}))
+        await self._post(meta["channel"], meta["thread_ts"],
+                         f"Run `{run_id}` was rewound by <@{by}> to checkpoint `{target.checkpoint_id[-8:]}` "
+                         f"({target.summary[:200]}); anything with side effects needs a fresh approval.")
+        progress = Progress(run_id, meta.get("requester") or None, meta.get("task", ""), note=f"rewound by <@{by}>")
+        await self.store.save_run(run_id, progress=progress.to_json())
+        self._show(progress, meta["channel"], meta["progress_ts"])
+        on_event = self._listener(run_id, progress, meta["channel"], meta["progress_ts"])
+        self.spawn(self.runs.rewind(run_id, target.checkpoint_id, by=by, on_event=on_event), f"rewind {run_id}")
+        return target.checkpoint_id
 
     # --- Slack calls ------------------------------------------------------------------------------
 
@@ -320,3 +498,10 @@ class SlackRuns:
         except SlackApiError as exc:
             raise RuntimeError(f"Slack refused the post to {channel}: {exc.response.get('error')}") from None
         return f"posted to {channel} (message ts {response['ts']})"
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import time
 import string
 from typing import Any
 
@@ -51,3 +52,31 @@ class SlackStore:
 
     async def run(self, run_id: str) -> dict[str, str]:
         return await self.redis.hgetall(self._run(run_id))
+
+    # --- cards that need several approvers ----------------------------------------------------
+
+    def _approvals(self, run_id: str, interrupt_id: str) -> tuple[str, str]:
+        base = f"{self._prefix}approvals:{run_id}:{interrupt_id}"
+        return f"{base}:proposal", f"{base}:by"
+
+    async def propose(self, run_id: str, interrupt_id: str, proposal: str) -> str:
+        """Record the first approver's decisions for a card; return the proposal that stands (first wins)."""
+        key, _ = self._approvals(run_id, interrupt_id)
+        await self.redis.set(key, proposal, nx=True, ex=self._ttl_s)
+        return await self.redis.get(key) or proposal
+
+    async def proposal(self, run_id: str, interrupt_id: str) -> str | None:
+        return await self.redis.get(self._approvals(run_id, interrupt_id)[0])
+
+    async def add_approver(self, run_id: str, interrupt_id: str, user: str) -> tuple[bool, list[str]]:
+        """Count ``user`` once; return whether they were new and everyone who approved, in order."""
+        _, key = self._approvals(run_id, interrupt_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(key, {user: time.time()}, nx=True)
+            pipe.expire(key, self._ttl_s)
+            pipe.zrange(key, 0, -1)
+            added, _, everyone = await pipe.execute()
+        return bool(added), list(everyone)
+
+    async def approvers(self, run_id: str, interrupt_id: str) -> list[str]:
+        return list(await self.redis.zrange(self._approvals(run_id, interrupt_id)[1], 0, -1))

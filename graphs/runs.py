@@ -156,27 +156,33 @@ class Runs:
         with side effects is asked for again rather than replayed with the old decision.
         """
         async with self.locks.hold(thread_id):
-            history = await self.history(thread_id)
-            if not history:
-                raise UnknownRun(f"no run with id {thread_id}")
-            by_id = {c.checkpoint_id: c for c in history}
-            if checkpoint_id is None:
-                target = next((c for c in history if c.next == ("review",)), None)
-                if target is None:
-                    raise UnknownCheckpoint(f"thread {thread_id} never reached an approval point; name a checkpoint")
-            else:
-                matches = [c for c in history if c.checkpoint_id == checkpoint_id or c.checkpoint_id.endswith(checkpoint_id)]
-                if len(matches) != 1:
-                    raise UnknownCheckpoint(f"no single checkpoint {checkpoint_id!r} in thread {thread_id}")
-                target = matches[0]
-            if target.next == ("execute",) and target.parent_id in by_id:
-                target = by_id[target.parent_id]
-            if not target.next:
-                raise UnknownCheckpoint(f"checkpoint {target.checkpoint_id} is the end of a run: nothing to replay")
+            target = await self.rewind_target(thread_id, checkpoint_id)
             await self._clear_pending(thread_id)
             await self.redis.delete(self._cancel_key(thread_id))
             await self._set_run(thread_id, status="running", rewound_by=by or "", rewound_to=target.checkpoint_id)
             return await self._drive(thread_id, None, self._config(thread_id, target.checkpoint_id), on_event)
+
+    async def rewind_target(self, thread_id: str, checkpoint_id: str | None = None) -> CheckpointInfo:
+        """The checkpoint a rewind would replay from: ``checkpoint_id`` (or a unique suffix of it), else the
+        last approval point; one taken after a review was answered maps to the approval point before it."""
+        history = await self.history(thread_id)
+        if not history:
+            raise UnknownRun(f"no run with id {thread_id}")
+        by_id = {c.checkpoint_id: c for c in history}
+        if checkpoint_id is None:
+            target = next((c for c in history if c.next == ("review",)), None)
+            if target is None:
+                raise UnknownCheckpoint(f"run {thread_id} never reached an approval point; name a checkpoint")
+        else:
+            matches = [c for c in history if c.checkpoint_id.endswith(checkpoint_id)] if len(checkpoint_id) >= 4 else []
+            if len(matches) != 1:
+                raise UnknownCheckpoint(f"run {thread_id} has no checkpoint {checkpoint_id!r} (see its history)")
+            target = matches[0]
+        if target.next == ("execute",) and target.parent_id in by_id:
+            target = by_id[target.parent_id]
+        if not target.next:
+            raise UnknownCheckpoint(f"checkpoint {target.checkpoint_id[-8:]} is the end of a run: nothing to replay")
+        return target
 
     async def cancel(self, thread_id: str, *, by: str | None = None, wait_s: float = 15.0) -> RunResult:
         """Stop a running or paused run. A running one, here or in another process, stops at once."""
@@ -187,21 +193,36 @@ class Runs:
         if task is not None:
             task.cancel()
         async with self.locks.hold(thread_id, wait_s=wait_s):
-            snapshot = await self.graph.aget_state(self._config(thread_id))
-            if snapshot.next:
-                await self.graph.aupdate_state(
-                    self._config(thread_id),
-                    {
-                        "messages": _close_open_calls(snapshot, "the run was cancelled before this call ran"),
-                        "outcome": "cancelled",
-                        "report": f"Cancelled by {by}" if by else "Cancelled",
-                    },
-                    as_node="report",
-                )
-            await self._clear_pending(thread_id)
-            await self._set_run(thread_id, status="cancelled", cancelled_by=by or "")
+            await self._end(thread_id, "cancelled", f"Cancelled by {by}" if by else "Cancelled",
+                            "the run was cancelled before this call ran")
+            await self._set_run(thread_id, cancelled_by=by or "")
             await self.redis.delete(self._cancel_key(thread_id))
         return RunResult(thread_id, "cancelled")
+
+    async def expire(self, thread_id: str, interrupt_id: str) -> bool:
+        """End a run whose review ``interrupt_id`` waited too long. False if that review is no longer
+        pending (decided meanwhile, or already expired by another replica)."""
+        async with self.locks.hold(thread_id, wait_s=5.0):
+            pending = await self._pending_from_checkpoint(thread_id)
+            if pending is None or pending.interrupt_id != interrupt_id:
+                if pending is None:
+                    await self.redis.zrem(self._pending_index, thread_id)
+                return False
+            await self._end(thread_id, "expired", "Expired: nobody decided in time",
+                            "nobody approved this call in time; it did not run")
+            return True
+
+    async def _end(self, thread_id: str, outcome: str, report: str, unanswered: str) -> None:
+        """Close the thread's current turn without running anything more (holding its lock)."""
+        snapshot = await self.graph.aget_state(self._config(thread_id))
+        if snapshot.next:
+            await self.graph.aupdate_state(
+                self._config(thread_id),
+                {"messages": _close_open_calls(snapshot, unanswered), "outcome": outcome, "report": report},
+                as_node="report",
+            )
+        await self._clear_pending(thread_id)
+        await self._set_run(thread_id, status=outcome)
 
     # --- reading ------------------------------------------------------------------------------
 

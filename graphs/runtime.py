@@ -64,7 +64,7 @@ async def open_runtime(
     try:
         runbooks = settings.runbooks_dir or BUNDLED_RUNBOOKS
         registry = build_registry(runbooks, post_message, runbook_timeout_s=settings.runbook_timeout_s)
-        policy = policy or Policy()
+        policy = policy or Policy.from_env()
         ttl_s = settings.ttl_minutes * 60
         graph = build_graph(
             make_model(settings, runbooks),

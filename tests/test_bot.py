@@ -89,11 +89,19 @@ async def test_reject_runs_nothing_and_says_so(slack, bot, model, runbooks):
     thread = await mention(slack, TASK)
     card = await thread.wait_card()
     await slack.click_button(APPROVER, OPS, card["ts"], "reject")
+    await slack.wait_for(lambda: slack.views(APPROVER, open_only=True), timeout=10, description="the reject dialog")
+    view = slack.views(APPROVER, open_only=True)[-1]["view"]
+    submitted = await slack.submit_view(APPROVER, view["id"], {"reason": {"reason": "wrong runbook for prod"}})
+    assert submitted.status == 200 and not slack.views(APPROVER, open_only=True)
     done = await thread.wait_progress("Done")
     assert runbooks.executions() == []
     assert [m for m in slack.messages(OPS) if m.get("user") == "U0BOT"] == []
-    assert "0 of 3 allowed" in all_text(slack.message(OPS, card["ts"]))
+    decided = all_text(slack.message(OPS, card["ts"]))
+    assert "0 of 3 allowed" in decided and "(wrong runbook for prod)" in decided
     assert "rejected" in all_text(done)
+    # The model read the reason.
+    tool_results = [m["content"] for m in model.requests[-1]["messages"] if m["role"] == "tool"]
+    assert any("wrong runbook for prod" in c for c in tool_results)
 
 
 async def test_the_requester_cannot_approve_their_own_run(slack, bot, model, runbooks):
@@ -119,7 +127,7 @@ async def test_only_listed_approvers_may_decide(slack, env, model, runbooks, tmp
         slack.add_user(outsider, "dave")
         await slack.click_button(outsider, OPS, card["ts"], "approve")
         await slack.wait_for(lambda: slack.ephemerals(outsider), timeout=10, description="a refusal")
-        assert "not on the list of approvers" in slack.ephemerals(outsider)[-1]["text"]
+        assert "not on the list of approvers for `run_runbook`" in slack.ephemerals(outsider)[-1]["text"]
         assert runbooks.executions() == []
         # A member of the approvers' user group may.
         await slack.click_button(OTHER, OPS, card["ts"], "approve")

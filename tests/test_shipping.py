@@ -23,6 +23,7 @@ METHOD_SCOPES = {
     "chat.update": "chat:write",
     "chat.postEphemeral": "chat:write",
     "views.open": None,
+    "chat.getPermalink": None,
     "usergroups.users.list": "usergroups:read",
 }
 

@@ -65,7 +65,7 @@ def test_policy_modes():
     assert policy.mode("some_new_tool") == "ask"  # nobody said it is safe
     assert policy.with_rules(post_message="deny").mode("post_message") == "deny"
     with pytest.raises(ConfigError, match="'sometimes'"):
-        Policy({"x": "sometimes"})  # type: ignore[dict-item]
+        Policy().with_rules(x="sometimes")  # type: ignore[arg-type]
 
 
 def test_settings_name_the_bad_variable():

@@ -1,0 +1,114 @@
+"""The audit log: an append-only Redis stream of every decision, edit, rewind, cancel and expiry.
+
+Export it as JSON lines: ``python -m bot.audit [--run RUN]`` (uses REDIS_URL and CHATOPS_KEY_PREFIX).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from redis.asyncio import Redis
+
+EXPORT_PAGE = 1000
+EXPORT_MAX_PAGES = 100_000  # a bound on the loop, far beyond any real log
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    run: str
+    action: str  # approved, edited, rejected, approval (one of M), vetoed, rewound, cancelled, expired
+    by: str  # a Slack user ID, or "policy"/"system"
+    at: float = field(default_factory=time.time)
+    tool_call: dict[str, Any] | None = None  # {"id", "name", "args"} of the exact call
+    details: dict[str, Any] = field(default_factory=dict)  # e.g. old/new args, a reason, a checkpoint
+    id: str = ""
+
+    def line(self) -> str:
+        """One human-readable line for /chatops audit."""
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(self.at))
+        who = self.by if self.by in ("policy", "system") else f"<@{self.by}>"
+        call = f" `{self.tool_call['name']}`" if self.tool_call else ""
+        extra = ""
+        if self.action == "edited":
+            extra = f" {json.dumps(self.details.get('old_args'))} → {json.dumps(self.details.get('new_args'))}"
+        elif self.details.get("reason"):
+            extra = f" ({self.details['reason']})"
+        elif self.details.get("checkpoint"):
+            extra = f" to checkpoint `{self.details['checkpoint']}`"
+        elif self.details.get("count"):
+            extra = f" ({self.details['count']} of {self.details['required']})"
+        return f"{when} UTC · run `{self.run}` · {self.action}{call} by {who}{extra}"
+
+
+class AuditLog:
+    def __init__(self, redis: Redis, *, prefix: str = "chatops:") -> None:
+        self._redis = redis
+        self._all = f"{prefix}audit"
+        self._prefix = prefix
+
+    def _run_stream(self, run: str) -> str:
+        return f"{self._prefix}audit:run:{run}"
+
+    async def record(self, entry: AuditEntry) -> None:
+        fields = {"json": json.dumps({k: v for k, v in asdict(entry).items() if k != "id"})}
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(self._all, fields)
+            pipe.xadd(self._run_stream(entry.run), fields)
+            await pipe.execute()
+
+    async def recent(self, run: str | None = None, count: int = 20) -> list[AuditEntry]:
+        """Newest first."""
+        stream = self._run_stream(run) if run else self._all
+        rows = await self._redis.xrevrange(stream, count=count)
+        return [_entry(row_id, data) for row_id, data in rows]
+
+    async def export(self, run: str | None = None) -> list[AuditEntry]:
+        """Everything, oldest first, read page by page."""
+        stream = self._run_stream(run) if run else self._all
+        entries: list[AuditEntry] = []
+        start = "-"
+        for _ in range(EXPORT_MAX_PAGES):
+            rows = await self._redis.xrange(stream, min=start, count=EXPORT_PAGE)
+            entries += [_entry(row_id, data) for row_id, data in rows]
+            if len(rows) < EXPORT_PAGE:
+                break
+            start = "(" + rows[-1][0]  # exclusive: continue after the last row read
+        return entries
+
+
+def _entry(row_id: Any, data: dict[Any, Any]) -> AuditEntry:
+    raw = data.get("json") or data.get(b"json")
+    parsed = json.loads(raw)
+    return AuditEntry(**parsed, id=row_id.decode() if isinstance(row_id, bytes) else row_id)
+
+
+async def _export(run: str | None) -> int:
+    url = os.environ.get("REDIS_URL")
+    if not url:
+        print("REDIS_URL is not set: point it at the bot's Redis", file=sys.stderr)
+        return 2
+    redis = Redis.from_url(url, decode_responses=True)
+    try:
+        for entry in await AuditLog(redis, prefix=os.environ.get("CHATOPS_KEY_PREFIX") or "chatops:").export(run):
+            print(json.dumps(asdict(entry)))
+    finally:
+        await redis.aclose()
+    return 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bot.audit", description="Export the audit log as JSON lines.")
+    parser.add_argument("--run", help="only this run id")
+    args = parser.parse_args()
+    sys.exit(asyncio.run(_export(args.run)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""/chatops: help, run, and the admin controls (pending, history, rewind, cancel, audit)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from typing import Any
+
+from graphs.errors import ChatOpsError, UnknownCheckpoint, UnknownRun
+
+from .approvers import Directory
+from .blocks import escape
+from .slack_runs import SlackRuns
+
+log = logging.getLogger(__name__)
+
+USAGE = """*ChatOps* — ask me in a channel (`@chatops check the API and run the disk-usage runbook`), in a DM, or:
+• `/chatops run <task>` — start a task here; I answer in a thread
+• `/chatops pending` — approval cards waiting for a decision
+• `/chatops history <run>` — a run's checkpoints, newest first _(admins)_
+• `/chatops rewind <run> [<checkpoint>]` — fork a run from a checkpoint, default its last approval point _(admins)_
+• `/chatops cancel <run>` — stop a running or paused run _(admins)_
+• `/chatops audit [<run>]` — the decision log, recent first _(admins)_
+`<run>` is the run id shown on the bot's messages, or a link to the thread."""
+
+SUBCOMMAND_USAGE = {
+    "run": "`/chatops run <task>` — e.g. `/chatops run check the API health`",
+    "history": "`/chatops history <run>` — <run> is a run id like `k3j9x2ab` or a link to the thread",
+    "rewind": "`/chatops rewind <run> [<checkpoint>]` — checkpoint ids are listed by `/chatops history <run>`",
+    "cancel": "`/chatops cancel <run>`",
+    "audit": "`/chatops audit [<run>]`",
+}
+ADMIN_ONLY = {"history", "rewind", "cancel", "audit"}
+LINK = re.compile(r"/archives/(?P<channel>[CDG][A-Z0-9]+)/p(?P<sec>\d{10})(?P<usec>\d{6})(?:\S*?thread_ts=(?P<thread>\d+\.\d+))?")
+RUN_ID = re.compile(r"^[a-z0-9]{8}$")
+LISTED = 20
+
+
+class Commands:
+    def __init__(self, slack_runs: SlackRuns, directory: Directory, admins: frozenset[str]) -> None:
+        self.slack_runs = slack_runs
+        self.runs = slack_runs.runs
+        self.directory = directory
+        self.admins = admins
+
+    async def handle(self, command: dict[str, Any]) -> tuple[str, Any]:
+        """What to answer the caller (ephemeral text), and optional work to spawn after the ack."""
+        text = (command.get("text") or "").strip()
+        verb, _, rest = text.partition(" ")
+        verb, rest, user = verb.lower(), rest.strip(), command["user_id"]
+        if verb in ("", "help"):
+            return USAGE, None
+        if verb not in SUBCOMMAND_USAGE and verb != "pending":
+            return f"I don't know `/chatops {escape(verb)}`.\n{USAGE}", None
+        if verb in ADMIN_ONLY and not (self.admins and await self.directory.member_of(user, self.admins)):
+            return f"`/chatops {verb}` is for admins (CHATOPS_ADMINS); nothing was changed.", None
+        try:
+            if verb == "run":
+                if not rest:
+                    return f"Usage: {SUBCOMMAND_USAGE['run']}", None
+                return "", self.slack_runs.ask_from_command(channel=command["channel_id"], user=user, task=rest)
+            if verb == "pending":
+                return await self.pending(), None
+            args = rest.split()
+            if verb == "audit":
+                run_id = await self.run_id(args[0]) if args else None
+                return await self.audit(run_id), None
+            if not args or (verb != "rewind" and len(args) > 1) or len(args) > 2:
+                return f"Usage: {SUBCOMMAND_USAGE[verb]}", None
+            run_id = await self.run_id(args[0])
+            if verb == "history":
+                return await self.history(run_id), None
+            if verb == "cancel":
+                return await self.cancel(run_id, user)
+            return await self.rewind(run_id, args[1] if len(args) > 1 else None, user)
+        except (UnknownRun, UnknownCheckpoint, ValueError) as exc:
+            return str(exc), None
+        except ChatOpsError as exc:
+            return f"Could not {verb}: {exc}", None
+
+    async def run_id(self, ref: str) -> str:
+        """A run id, or a link to a thread the bot answered in."""
+        ref = ref.strip("<>").split("|")[0]
+        if RUN_ID.match(ref):
+            if not await self.slack_runs.store.run(ref):
+                raise UnknownRun(f"I know no run `{ref}`; run ids are on the bot's messages in the thread.")
+            return ref
+        link = LINK.search(ref)
+        if not link:
+            raise ValueError(f"`{escape(ref[:100])}` is neither a run id (8 letters/digits) nor a link to a Slack thread.")
+        thread = link.group("thread") or f"{link.group('sec')}.{link.group('usec')}"
+        run_id = await self.slack_runs.store.run_for_thread(link.group("channel"), thread)
+        if not run_id:
+            raise UnknownRun("That thread has no run of mine.")
+        return run_id
+
+    async def pending(self) -> str:
+        waiting = await self.runs.pending()
+        if not waiting:
+            return "No approval cards are waiting."
+        lines = [f"*{len(waiting)} approval card{'s' if len(waiting) != 1 else ''} waiting* (oldest first):"]
+        for review in waiting[:LISTED]:
+            meta = await self.slack_runs.store.run(review.thread_id)
+            tools = ", ".join(a["name"] for a in review.request["action_requests"])
+            link = await self._permalink(meta.get("channel"), meta.get("card_ts"))
+            who = f"<@{review.requester}>" if review.requester else "someone"
+            lines.append(f"• run `{review.thread_id}` by {who}: {tools} — waiting {_age(review.created_at)}"
+                         + (f" — <{link}|open the card>" if link else ""))
+        if len(waiting) > LISTED:
+            lines.append(f"…and {len(waiting) - LISTED} more.")
+        return "\n".join(lines)
+
+    async def _permalink(self, channel: str | None, ts: str | None) -> str | None:
+        if not channel or not ts:
+            return None
+        try:
+            return (await self.slack_runs.client.chat_getPermalink(channel=channel, message_ts=ts)).get("permalink")
+        except Exception:  # noqa: BLE001 - a missing link is not worth failing the listing
+            return None
+
+    async def history(self, run_id: str) -> str:
+        checkpoints = await self.runs.history(run_id)
+        if not checkpoints:
+            raise UnknownRun(f"run `{run_id}` has no history (it may have expired)")
+        lines = [f"*History of run `{run_id}`* (newest first; rewind with `/chatops rewind {run_id} <id>`):"]
+        for c in checkpoints[:40]:
+            when = c.created_at[11:19] if len(c.created_at) >= 19 else c.created_at
+            node = ", ".join(c.next) or "end"
+            lines.append(f"• `{c.checkpoint_id[-8:]}` step {c.step} · next {node} · {when} UTC — {escape(c.summary[:200])}")
+        return "\n".join(lines)
+
+    async def cancel(self, run_id: str, user: str) -> tuple[str, Any]:
+        info = await self.runs.info(run_id)
+        if info.get("status") in ("done", "cancelled", "expired", "failed") and not await self.runs.pending_review(run_id):
+            return f"Run `{run_id}` is already {info.get('status')}; nothing to cancel.", None
+        return f"Cancelling run `{run_id}`…", self.slack_runs.cancel(run_id, user)
+
+    async def rewind(self, run_id: str, checkpoint: str | None, user: str) -> tuple[str, Any]:
+        if await self.runs.locks.is_held(run_id):
+            return f"Run `{run_id}` is working right now; cancel it or wait before rewinding.", None
+        target = await self.runs.rewind_target(run_id, checkpoint)
+        return (f"Rewinding run `{run_id}` to `{target.checkpoint_id[-8:]}`…",
+                self.slack_runs.rewind(run_id, target.checkpoint_id, user))
+
+    async def audit(self, run_id: str | None) -> str:
+        entries = await self.slack_runs.audit.recent(run_id, count=LISTED)
+        scope = f"run `{run_id}`" if run_id else "all runs"
+        if not entries:
+            return f"The audit log has nothing for {scope} yet."
+        return "\n".join([f"*Audit log, {scope}* (recent first):", *(f"• {e.line()}" for e in entries)])
+
+
+def _age(since: float) -> str:
+    seconds = max(0, int(time.time() - since))
+    if seconds < 90:
+        return f"{seconds}s"
+    if seconds < 5400:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h {seconds % 3600 // 60}m"
