@@ -167,7 +167,7 @@ def closed_card(ref: CardRef, request: ReviewRequest, *, title: str, reason: str
         header(title),
         section(f"Task: {escape(clip(task, 1500))}"),
         section(f"~Proposed:~\n{details}"),
-        context(f"{escape(reason)} · run `{ref.run_id}`"),
+        context(f"{reason} · run `{ref.run_id}`"),  # our own words, mentions included
     ]
     return f"Run {ref.run_id}: {reason}", blocks
 
