@@ -11,7 +11,7 @@ import asyncio
 import inspect
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -39,6 +39,7 @@ class LocalSlack:
         delivery_timeout: float = 3.0,
         verification_token: str = "local-verification-token",
         workspace: Workspace | None = None,
+        extra_routes: Callable[[LocalSlack], Iterable[web.AbstractRouteDef]] | None = None,
     ) -> None:
         self.signing_secret = signing_secret
         self.bot_token = bot_token
@@ -47,6 +48,8 @@ class LocalSlack:
         self.limiter = Limiter(rate_limits)
         self.log = CallLog()
         self._port = port
+        # More routes on the same app and loop, e.g. the sandbox's web UI (sandbox/web), which reads this object.
+        self._extra_routes = extra_routes
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_event: asyncio.Event | None = None
@@ -102,6 +105,8 @@ class LocalSlack:
         self._stop_event = asyncio.Event()
         app = web.Application(client_max_size=10 * 1024 * 1024)
         app.add_routes(build_routes(self._api))
+        if self._extra_routes is not None:
+            app.add_routes(list(self._extra_routes(self)))
         # A short shutdown grace: the bot's keep-alive sessions must not hold stop() for a minute.
         runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)
         try:
