@@ -1,11 +1,14 @@
 # Two commands do all set-up on a fresh machine with Python 3.11+ and make:
-#   make run   - try the bot
+#   make run   - try the bot in your browser (the sandbox: local Slack, the real bot, embedded Redis)
 #   make test  - run the whole test suite
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# The browser test drives this Chromium (Debian's package); the test reads it from the environment.
+CHROMIUM ?= /usr/bin/chromium
+export CHROMIUM
 
-.PHONY: run test bench clean
+.PHONY: run demo test browser bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -15,13 +18,32 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: $(VENV)/.installed
+	$(PY) -m sandbox
+
+# The terminal demo of the core alone: no Slack, approvals at the prompt.
+demo: $(VENV)/.installed
 	$(PY) -m graphs
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed browser
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Chromium comes from Debian, not from `playwright install` (which downloads browsers of its own). Installing
+# needs root; anyone else is told what to install. The emoji font makes screenshots show what a person sees.
+browser:
+	@if [ ! -x "$(CHROMIUM)" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's chromium for the browser test"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium fonts-noto-color-emoji; \
+	  else \
+	    echo "make test: the browser test needs Chromium at $(CHROMIUM). Install it (Debian/Ubuntu:" \
+	      "sudo apt-get install chromium) or point CHROMIUM=/path/to/chromium at one." >&2; \
+	    exit 1; \
+	  fi; \
+	fi
 
 bench: $(VENV)/.installed
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) .chatops-data
+	rm -rf $(VENV) .chatops-data artifacts

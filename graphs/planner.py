@@ -79,7 +79,9 @@ class OfflinePlanner(BaseChatModel):
             urls = [self.health_url]
         calls += [("http_check", {"url": url.rstrip(".,)")}) for url in urls]
         runbooks = [p for p in list_runbooks(self.runbooks_dir) if p.suffix in RUNNABLE]
-        matched = [p.stem for p in runbooks if any(w in text for w in p.stem.split("-") if len(w) > 3)]
+        # A runbook matches by its full name or its first, distinctive word ("disk" for disk-usage), never by a
+        # word many share ("usage").
+        matched = [p.stem for p in runbooks if p.stem in text or re.search(rf"\b{re.escape(p.stem.split('-')[0])}\b", text)]
         calls += [("run_runbook", {"name": name}) for name in matched]
         search = re.search(r"search (?:the )?runbooks? (?:for )?(.+)", request, re.IGNORECASE)
         if search or ("runbook" in text and not matched):
