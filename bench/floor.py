@@ -1,0 +1,135 @@
+"""The floor: the same approval cycle on bare LangGraph + AsyncRedisSaver, and on the core `Runs` layer alone.
+
+A cycle is: run the graph until it pauses for review (``interrupt()``), then resume it with an approval and
+run the approved call (the ``record.sh`` runbook) to the end. Both use ``durability="sync"`` against the same
+Redis as the bot, so the bot's cycle time over these shows what Slack, Bolt and the bot's own layers add.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypedDict
+
+from langgraph.checkpoint.redis.aio import AsyncRedisSaver
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import Command, interrupt
+
+from graphs.runtime import open_runtime
+from graphs.settings import CoreSettings
+from graphs.types import approve
+
+from .harness import APPROVER, RECORD_TASK, REQUESTER
+
+TTL = {"default_ttl": 7 * 24 * 60, "refresh_on_read": True}  # what the bot's runtime configures
+WARMUP_CYCLES = 2
+CYCLE_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class CycleSample:
+    """One cycle, in milliseconds: until the pause, from the resume to the end, and both."""
+
+    to_pause_ms: float
+    resume_ms: float
+
+    @property
+    def total_ms(self) -> float:
+        return self.to_pause_ms + self.resume_ms
+
+
+class FloorState(TypedDict, total=False):
+    task: str
+    call: dict[str, Any]
+    decision: str
+    output: str
+
+
+def floor_graph(saver: AsyncRedisSaver, runbook: Path) -> CompiledStateGraph:
+    """plan -> review (interrupt) -> execute: the minimum an approval cycle needs."""
+
+    def plan(state: FloorState) -> dict[str, Any]:
+        return {"call": {"name": "run_runbook", "args": {"name": runbook.stem}}}
+
+    def review(state: FloorState) -> dict[str, Any]:
+        answer = interrupt({"action_requests": [state["call"]]})
+        return {"decision": answer["type"]}
+
+    async def execute(state: FloorState) -> dict[str, Any]:
+        if state.get("decision") != "approve":
+            return {"output": "rejected"}
+        process = await asyncio.create_subprocess_exec(
+            "bash", str(runbook), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        output, _ = await asyncio.wait_for(process.communicate(), CYCLE_TIMEOUT_S)
+        return {"output": output.decode(errors="replace").strip()}
+
+    graph = StateGraph(FloorState)
+    graph.add_node("plan", plan)
+    graph.add_node("review", review)
+    graph.add_node("execute", execute)
+    graph.add_edge(START, "plan")
+    graph.add_edge("plan", "review")
+    graph.add_edge("review", "execute")
+    graph.add_edge("execute", END)
+    return graph.compile(checkpointer=saver)
+
+
+async def bare_langgraph_cycles(redis_url: str, runbook: Path, cycles: int) -> list[CycleSample]:
+    """`cycles` approval cycles on bare LangGraph + AsyncRedisSaver (after a short warm-up)."""
+    saver = AsyncRedisSaver(redis_url=redis_url, ttl=TTL)
+    await saver.asetup()
+    try:
+        graph = floor_graph(saver, runbook)
+        samples = []
+        for n in range(WARMUP_CYCLES + cycles):
+            config = {"configurable": {"thread_id": f"bench-floor-{uuid.uuid4().hex}"}}
+            started = time.perf_counter()
+            paused = await asyncio.wait_for(graph.ainvoke({"task": RECORD_TASK}, config, durability="sync"),
+                                            CYCLE_TIMEOUT_S)
+            if "__interrupt__" not in paused:
+                raise RuntimeError(f"the floor graph did not pause for review: {paused}")
+            resumed = time.perf_counter()
+            done = await asyncio.wait_for(graph.ainvoke(Command(resume={"type": "approve"}), config,
+                                                        durability="sync"), CYCLE_TIMEOUT_S)
+            if not str(done.get("output", "")).startswith("recorded"):
+                raise RuntimeError(f"the floor graph did not run the runbook: {done}")
+            finished = time.perf_counter()
+            if n >= WARMUP_CYCLES:
+                samples.append(CycleSample((resumed - started) * 1000, (finished - resumed) * 1000))
+        return samples
+    finally:
+        await saver.__aexit__(None, None, None)
+
+
+async def runs_layer_cycles(redis_url: str, model_url: str, runbooks: Path, cycles: int) -> list[CycleSample]:
+    """`cycles` approval cycles through `graphs.runs.Runs` (the bot's core, no Slack) with the scripted model."""
+    settings = CoreSettings(
+        redis_url=redis_url, openai_base_url=model_url, openai_api_key="bench-key", model="scripted",
+        runbooks_dir=runbooks, runbook_timeout_s=CYCLE_TIMEOUT_S, key_prefix=f"benchruns{uuid.uuid4().hex[:8]}:",
+    )
+    samples = []
+    async with open_runtime(settings) as runtime:
+        for n in range(WARMUP_CYCLES + cycles):
+            thread_id = f"bench-runs-{uuid.uuid4().hex[:12]}"
+            started = time.perf_counter()
+            paused = await asyncio.wait_for(runtime.runs.start(thread_id, RECORD_TASK, requester=REQUESTER),
+                                            CYCLE_TIMEOUT_S)
+            if paused.status != "waiting" or paused.pending is None:
+                raise RuntimeError(f"the Runs layer did not pause for review: {paused}")
+            resumed = time.perf_counter()
+            done = await asyncio.wait_for(
+                runtime.runs.resume(thread_id, paused.pending.interrupt_id, [approve()], decided_by=APPROVER),
+                CYCLE_TIMEOUT_S,
+            )
+            if done.status != "done":
+                raise RuntimeError(f"the Runs layer did not finish: {done}")
+            finished = time.perf_counter()
+            if n >= WARMUP_CYCLES:
+                samples.append(CycleSample((resumed - started) * 1000, (finished - resumed) * 1000))
+    return samples
