@@ -43,6 +43,7 @@ _TRANSIENT_ERRORS = frozenset({"internal_error", "fatal_error", "service_unavail
 _MAX_BACKOFF_S = 30.0
 _REDIS_RETRY_S = 1.0
 _WORKER_ERROR_PAUSE_S = 1.0
+_CLOSE_WAIT_S = 2.0  # while closing, wait at most this long for a budget slot
 _IDLE_POLL_S = 5.0  # the worker re-checks even without a wake-up, so a lost wake-up costs seconds, not forever
 _KEEP_IDLE = 10_000  # delivered messages remembered for flush() and edit spacing
 
@@ -86,17 +87,21 @@ class SharedBudget:
         self.key = key
         self.blocked_key = f"{key}:blocked"
         self._per_minute = per_minute
+        # A third of the window is kept for final content (end states, cards, decisions): a burst of streaming
+        # progress must never leave a clicked card showing "Approval needed" for the rest of the minute.
+        self._progress_limit = per_minute - (per_minute + 2) // 3 if per_minute >= 3 else per_minute
         self._window_ms = max(1, round(window_s * 1000))
         self._acquire = redis_client.register_script(_ACQUIRE)
         self._block = redis_client.register_script(_BLOCK)
         self._owner = uuid.uuid4().hex
         self._seq = itertools.count()
 
-    async def acquire(self) -> float:
-        """Take one call slot: 0.0 if admitted, else the seconds to wait before asking again."""
+    async def acquire(self, final: bool = True) -> float:
+        """Take one call slot: 0.0 if admitted, else the seconds to wait before asking again.
+        Progress (``final=False``) may only use the part of the window not reserved for final content."""
         member = f"{self._owner}:{next(self._seq)}"
-        wait_ms = await self._acquire(keys=[self.key, self.blocked_key],
-                                      args=[self._window_ms, self._per_minute, member])
+        limit = self._per_minute if final else self._progress_limit
+        wait_ms = await self._acquire(keys=[self.key, self.blocked_key], args=[self._window_ms, limit, member])
         return int(wait_ms) / 1000
 
     async def block(self, seconds: float) -> None:
@@ -274,14 +279,17 @@ class MessageUpdater:
                 return False
             await self._idle(wait)
             return True
+        assert msg.pending is not None
         try:
-            delay = await self._budget.acquire()
+            delay = await self._budget.acquire(final=msg.pending.final)
         except RedisError as e:
             log.warning("chat.update budget unavailable (%s): retrying in %.0fs", type(e).__name__, _REDIS_RETRY_S)
             await asyncio.sleep(_REDIS_RETRY_S)
             return True
         if delay > 0:
-            await asyncio.sleep(delay)
+            if self._closing and delay > _CLOSE_WAIT_S:
+                return False  # the budget will not free up before shutdown; close() logs what is left
+            await self._idle(delay)  # a new submit (perhaps final) or close() wakes us early
             return True
         # Priorities may have changed while Redis answered: send what is most urgent now.
         msg, _ = self._next(time.monotonic())
