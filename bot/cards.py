@@ -26,7 +26,6 @@ from .blocks import (
     divider,
     escape,
     header,
-    mrkdwn,
     option,
     plain,
     section,

@@ -9,12 +9,12 @@ processes answering the same review at once cannot both run it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
+from datetime import datetime
 from typing import Any
 
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
@@ -388,8 +388,6 @@ def _pending_from_json(raw: str) -> PendingReview:
 
 
 def _timestamp(iso: str | None) -> float:
-    from datetime import datetime
-
     return datetime.fromisoformat(iso).timestamp() if iso else time.time()
 
 

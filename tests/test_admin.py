@@ -266,7 +266,7 @@ async def test_bad_subcommand_input_gets_a_clear_message(slack, start, model):
     assert "I know no run `zzzz9999`" in await chatops(slack, ADMIN, "history zzzz9999")
     assert "neither a run id" in await chatops(slack, ADMIN, "history https://example.invalid/not-a-thread")
     assert "That thread has no run of mine" in await chatops(slack, ADMIN, f"history <http://x/archives/{OPS}/p1234567890123456>")
-    assert f"has no checkpoint 'nope1234'" in await chatops(slack, ADMIN, f"rewind {run_id} nope1234")
+    assert "has no checkpoint 'nope1234'" in await chatops(slack, ADMIN, f"rewind {run_id} nope1234")
     assert "Usage: `/chatops history <run>`" in await chatops(slack, ADMIN, "history")
     assert "Usage: `/chatops run <task>`" in await chatops(slack, ADMIN, "run")
     assert "I don't know `/chatops frobnicate`" in await chatops(slack, ADMIN, "frobnicate")
