@@ -27,6 +27,7 @@ from graphs.types import (
     ReviewDecided,
     ReviewRequested,
     RunEvent,
+    Token,
 )
 
 from .approvers import Approvers
@@ -54,6 +55,7 @@ POST_ATTEMPTS = 4
 # A click waits this long for a thread held elsewhere: longer than the lock's expiry, so a lock left by a
 # crashed replica does not refuse the click; a live holder keeps it longer, and then the click is refused.
 RESUME_WAIT_S = 20.0
+TOKEN_RENDER_S = 0.5
 
 
 class SlackRuns:
@@ -161,7 +163,18 @@ class SlackRuns:
         self.updater.submit(channel, ts, text=text, blocks=blocks, final=progress.final or progress.status == "waiting")
 
     def _listener(self, run_id: str, progress: Progress, channel: str, progress_ts: str):  # noqa: ANN202
+        last_shown = [0.0]
+
         async def on_event(event: RunEvent) -> None:
+            if isinstance(event, Token):
+                # Tokens arrive by the dozen per second; a message is edited at most about once a second, so
+                # render now and then. Every stream ends with another event, which renders the latest text.
+                progress.apply(event)
+                now = time.monotonic()
+                if now - last_shown[0] >= TOKEN_RENDER_S:
+                    last_shown[0] = now
+                    self._show(progress, channel, progress_ts)
+                return
             if isinstance(event, ReviewDecided):
                 await self._show_decision(run_id, event)
                 await self._audit_decision(run_id, event)
