@@ -44,7 +44,7 @@ async def serve(settings: BotSettings, *, host: str) -> None:
         approvers = Approvers(directory, settings.approvers, allow_self_approval=settings.allow_self_approval)
         slack_runs = SlackRuns(runtime.runs, client, store, updater, approvers, AuditLog(runtime.redis, prefix=prefix))
         app = build_app(settings, client, slack_runs, Commands(slack_runs, directory, settings.admins))
-        sweeper = asyncio.create_task(slack_runs.sweep_expired(), name="expiry sweeper")
+        sweeper = asyncio.create_task(slack_runs.sweep(), name="sweeper")
         mode = "socket" if settings.socket_mode else "http"
         runner = web.AppRunner(web_app(app, runtime.redis, mode=mode), access_log=None)
         await runner.setup()

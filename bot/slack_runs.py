@@ -76,6 +76,7 @@ class SlackRuns:
         self.audit = audit
         self.policy = runs.policy
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._recovering: set[str] = set()
 
     # --- background work ------------------------------------------------------------------------
 
@@ -435,18 +436,38 @@ class SlackRuns:
         await self._show_end(pending.thread_id, "expired", f"expired after {after}")
         return True
 
-    async def sweep_expired(self) -> None:
-        """Expire reviews that waited longer than the policy allows; every replica may sweep, one wins."""
-        period = max(0.5, min(30.0, self.policy.expires_after_s / 4))
+    async def sweep(self) -> None:
+        """Expire reviews that waited longer than the policy allows, and carry on runs whose process died.
+        Every replica sweeps; the thread lock makes one of them win each run."""
+        period = max(0.5, min(5.0, self.policy.expires_after_s / 4))
         while True:
             try:
                 now = time.time()
                 for pending in await self.runs.pending():
                     if now - pending.created_at > self.policy.expires_after_s:
                         await self.expire(pending)
+                for run_id in await self.runs.orphans():
+                    if run_id not in self._recovering:
+                        self._recovering.add(run_id)
+                        self.spawn(self._recover(run_id), f"recover {run_id}")
             except Exception:  # noqa: BLE001 - the sweeper must outlive a Redis hiccup
-                log.exception("expiry sweep failed; trying again in %.0fs", period)
+                log.exception("sweep failed; trying again in %.0fs", period)
             await asyncio.sleep(period)
+
+    async def _recover(self, run_id: str) -> None:
+        try:
+            meta = await self.store.run(run_id)
+            if not meta.get("progress_ts"):
+                return
+            progress = Progress.from_json(meta["progress"]) if meta.get("progress") else Progress(run_id, None, "")
+            progress.status, progress.note = "working", "picked up again after a restart"
+            on_event = self._listener(run_id, progress, meta["channel"], meta["progress_ts"])
+            self._show(progress, meta["channel"], meta["progress_ts"])
+            await self.runs.recover(run_id, on_event=on_event)
+        except RunBusy:
+            pass  # another replica got there first
+        finally:
+            self._recovering.discard(run_id)
 
     async def cancel(self, run_id: str, by: str) -> None:
         pending = await self.runs.pending_review(run_id)

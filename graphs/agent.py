@@ -171,6 +171,8 @@ def build_graph(
                     f"{call['name']} was started earlier but its outcome was not recorded (the bot may have "
                     "restarted mid-call); it was not run again — check its effect by hand",
                 )
+                write({"event": "tool_finished", "tool_call_id": call["id"], "name": call["name"], "ok": ok,
+                       "output": output, "duration_s": 0.0})
             results.append(
                 ToolMessage(output, tool_call_id=call["id"], name=call["name"], status="success" if ok else "error")
             )

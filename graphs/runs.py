@@ -86,6 +86,10 @@ class Runs:
     def _pending_index(self) -> str:
         return f"{self._prefix}pending"
 
+    @property
+    def _running_index(self) -> str:
+        return f"{self._prefix}running"
+
     def _config(self, thread_id: str, checkpoint_id: str | None = None) -> dict[str, Any]:
         configurable = {"thread_id": thread_id}
         if checkpoint_id:
@@ -224,6 +228,28 @@ class Runs:
         await self._clear_pending(thread_id)
         await self._set_run(thread_id, status=outcome)
 
+    async def orphans(self) -> list[str]:
+        """Runs marked as running whose lock nobody holds: the process driving them stopped mid-way."""
+        orphaned = []
+        for thread_id in await self.redis.zrange(self._running_index, 0, -1):
+            if not await self.locks.is_held(thread_id):
+                orphaned.append(thread_id)
+        return orphaned
+
+    async def recover(self, thread_id: str, *, on_event: OnEvent | None = None) -> RunResult | None:
+        """Carry on an orphaned run from its last checkpoint. Tool calls that had started are not run again
+        (the execution ledger reports them as of unknown outcome). None if there was nothing to carry on."""
+        async with self.locks.hold(thread_id):
+            snapshot = await self.graph.aget_state(self._config(thread_id))
+            if snapshot.interrupts or not snapshot.next or await self.redis.exists(self._cancel_key(thread_id)):
+                await self.redis.zrem(self._running_index, thread_id)
+                if snapshot.interrupts:
+                    await self._settle(thread_id, _safe_emit(None))
+                return None
+            log.warning("recovering run %s from its last checkpoint (next: %s)", thread_id, ", ".join(snapshot.next))
+            await self._set_run(thread_id, status="running", recovered_at=time.time())
+            return await self._drive(thread_id, None, self._config(thread_id), on_event)
+
     # --- reading ------------------------------------------------------------------------------
 
     async def pending(self) -> list[PendingReview]:
@@ -262,6 +288,16 @@ class Runs:
     # --- internals ----------------------------------------------------------------------------
 
     async def _drive(self, thread_id: str, graph_input: Any, config: dict[str, Any], on_event: OnEvent | None) -> RunResult:
+        # Marked as running until it stops here; if this process dies (or shuts down) first, the mark
+        # outlives the thread's lock and recover() picks the run up from its last checkpoint.
+        await self.redis.zadd(self._running_index, {thread_id: time.time()})
+        result = await self._drive_once(thread_id, graph_input, config, on_event)
+        await self.redis.zrem(self._running_index, thread_id)
+        return result
+
+    async def _drive_once(
+        self, thread_id: str, graph_input: Any, config: dict[str, Any], on_event: OnEvent | None
+    ) -> RunResult:
         emit = _safe_emit(on_event)
         stream = asyncio.create_task(self._stream(thread_id, graph_input, config, emit))
         self._active[thread_id] = stream

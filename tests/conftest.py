@@ -75,6 +75,7 @@ class Runbooks:
         self._script("disk-usage", f'echo "disk-usage $$" >> "{self.log}"\necho "/ 42% used"')
         self._script("sleepy", f'echo "sleepy $$" >> "{self.log}"\nsleep 30')
         self._script("failing", 'echo "database unreachable"\nexit 3')
+        self._script("slow", f'echo "slow $$" >> "{self.log}"\nsleep 3\necho "slow done"')
         (self.dir / "notes.md").write_text("# Disk full: what to do\nRun disk-usage first.\n")
 
     def _script(self, name: str, body: str) -> None:

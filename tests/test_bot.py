@@ -349,3 +349,32 @@ async def test_a_429_storm_on_chat_update_still_delivers_every_final_state(slack
         later = [c for c in updates if c["seq"] > hit["seq"]]
         assert not later or later[0]["time"] - hit["time"] >= 0.9
     assert slack.peak_rate("chat.update") <= 45
+
+
+async def test_a_run_cut_off_by_a_crash_carries_on_after_a_restart_without_rerunning_the_tool(
+    slack, env, model, runbooks, tmp_path
+):
+    from sandbox.openai_server import rule
+
+    model.reset([
+        rule({"tool_calls": [{"name": "run_runbook", "args": {"name": "slow"}}]}, has_tool_results=False),
+        rule({"text": "Finished after the restart."}, has_tool_results=True),
+    ])
+    first = start_bot(slack, env, tmp_path / "bot.log")
+    thread = await mention(slack, "run the slow runbook")
+    card = await thread.wait_card()
+    await slack.click_button(APPROVER, OPS, card["ts"], "approve")
+    await thread.wait_progress("— running")
+    first.kill()  # mid-tool: the runbook was started, its result never recorded
+    second = start_bot(slack, env, tmp_path / "bot2.log")
+    try:
+        # The dead replica's lock expires (15 s); the new one's sweeper picks the run up from its checkpoint.
+        done = await thread.wait_progress("Finished after the restart.", timeout=60)
+        text = all_text(done)
+        assert "picked up again after a restart" in text
+        assert "outcome was not recorded" in text  # reported, not run a second time
+        await asyncio.sleep(3.5)  # the first runbook process finishes on its own
+        assert len(runbooks.executions("slow")) == 1
+    finally:
+        assert second.stop() == 0
+        assert "Traceback" not in second.log()
