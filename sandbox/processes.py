@@ -19,14 +19,20 @@ STOP_TIMEOUT_S = 15.0
 
 
 class BotProcess:
-    """The bot in HTTP mode on 127.0.0.1 and a free port; its log goes to ``log_path``."""
+    """The bot on 127.0.0.1 and a free port; its log goes to ``log_path``. HTTP mode unless ``socket_mode``: then
+    SLACK_APP_TOKEN from ``env`` is kept and the bot connects to Slack over Socket Mode (its port serves /healthz)."""
 
-    def __init__(self, env: Mapping[str, str], log_path: Path, *, port: int | None = None) -> None:
+    def __init__(self, env: Mapping[str, str], log_path: Path, *, port: int | None = None,
+                 socket_mode: bool = False) -> None:
         self.port = port or free_port()
         self.log_path = log_path
         base = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "OPENAI_", "CHATOPS_"))}
         self.env = {**base, **env, "PORT": str(self.port), "HOST": "127.0.0.1", "PYTHONUNBUFFERED": "1"}
-        self.env.pop("SLACK_APP_TOKEN", None)
+        if not socket_mode:
+            self.env.pop("SLACK_APP_TOKEN", None)
+        elif not self.env.get("SLACK_APP_TOKEN"):
+            raise ValueError("socket_mode needs SLACK_APP_TOKEN (xapp-…) in env")
+        self.socket_mode = socket_mode
         self._process: subprocess.Popen[bytes] | None = None
 
     @property

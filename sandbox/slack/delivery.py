@@ -1,6 +1,10 @@
 """Delivery side of the local Slack: builds Slack-shaped events, interactions and slash commands, signs them and
 POSTs them to the bot over real HTTP, then applies what Slack would do with the bot's answer.
 
+When the bot uses Socket Mode (see socket_mode.py), the same payloads travel as envelopes over its WebSocket
+instead, and the envelope's ack payload stands in for the HTTP response body: one path builds the payload, one
+`_send` picks the transport, and the same code applies the answer.
+
 Deliveries run on the caller's event loop (a fresh aiohttp session per POST), never on the server's loop, so a
 test can await them while the bot it drives calls the Web API served from the other thread.
 """
@@ -13,7 +17,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import aiohttp
@@ -23,12 +27,21 @@ from .calllog import CallLog
 from .signing import signed_headers
 from .workspace import JSON, SlackError, Workspace
 
+if TYPE_CHECKING:
+    from .socket_mode import SocketModeHub
+
 SLACK_USER_AGENT = "Slackbot 1.0 (+https://api.slack.com/robots)"
+FORM = "application/x-www-form-urlencoded"
+# Interactions whose ack may carry an answer (response_action, options): Socket Mode says so on the envelope.
+ANSWERING_INTERACTIONS = frozenset({"view_submission", "block_suggestion"})
 
 
 @dataclass
 class Delivery:
-    """One POST to the bot and its answer. `status` is 0 when no HTTP answer came (timeout, refused)."""
+    """One POST to the bot and its answer. `status` is 0 when no HTTP answer came (timeout, refused).
+
+    Over Socket Mode (`transport == "socket"`): status 200 once the envelope is acked, `body` the ack's payload as
+    JSON ("" when the ack has none), `headers` empty."""
 
     kind: str
     status: int
@@ -38,6 +51,7 @@ class Delivery:
     request: Any = None  # the payload as sent (dict), or the raw body for deliver_raw
     error: str | None = None
     notes: list[str] = field(default_factory=list)  # what the local Slack did with the answer
+    transport: str = "http"  # or "socket"
 
     @property
     def ok(self) -> bool:
@@ -69,6 +83,7 @@ class Deliverer:
         self._base_url = base_url
         self.verification_token = verification_token
         self.timeout = timeout
+        self.socket: SocketModeHub | None = None  # set by LocalSlack: Socket Mode delivery when the bot uses it
 
     # ------------------------------------------------------------------ transport
 
@@ -102,23 +117,32 @@ class Deliverer:
                      response={"headers": resp_headers, "body": text}, latency_ms=delivery.latency_ms, error=error)
         return delivery
 
-    async def _post_json(self, kind: str, payload: JSON, extra_headers: dict[str, str] | None = None) -> Delivery:
-        return await self._post(kind, json.dumps(payload).encode(), "application/json", request=payload,
-                                extra_headers=extra_headers)
+    async def _send(
+        self, kind: str, payload: JSON, http_body: bytes, content_type: str, *, envelope_type: str,
+        accepts_response_payload: bool = False, retry: tuple[int, str] | None = None,
+    ) -> Delivery:
+        """Deliver `payload` the way the bot listens: as a Socket Mode envelope while it uses Socket Mode, else as a
+        signed POST of `http_body`. `retry` = (attempt, reason) for Slack's redeliveries of an event."""
+        if self.socket is not None and self.socket.wanted():
+            attempt, reason = retry or (0, "")
+            return await self.socket.deliver(kind, envelope_type, payload,
+                                             accepts_response_payload=accepts_response_payload,
+                                             retry_attempt=attempt, retry_reason=reason)
+        extra = {"X-Slack-Retry-Num": str(retry[0]), "X-Slack-Retry-Reason": retry[1]} if retry else None
+        return await self._post(kind, http_body, content_type, request=payload, extra_headers=extra)
 
-    async def _post_form(self, kind: str, fields: dict[str, str], request: Any) -> Delivery:
-        return await self._post(kind, urlencode(fields).encode(), "application/x-www-form-urlencoded",
-                                request=request)
-
-    async def _post_payload(self, payload: JSON) -> Delivery:
-        # Interactions arrive as a form with one field, `payload`, holding the JSON.
-        return await self._post_form(payload["type"], {"payload": json.dumps(payload)}, payload)
+    async def _send_payload(self, payload: JSON) -> Delivery:
+        # Over HTTP, interactions arrive as a form with one field, `payload`, holding the JSON.
+        return await self._send(payload["type"], payload, urlencode({"payload": json.dumps(payload)}).encode(), FORM,
+                                envelope_type="interactive",
+                                accepts_response_payload=payload["type"] in ANSWERING_INTERACTIONS)
 
     async def deliver_raw(
         self, body: bytes | str, headers: dict[str, str] | None = None, sign: bool = True,
         timestamp: int | str | None = None,
     ) -> Delivery:
-        """POST `body` as is (signed unless `sign=False`), for tests of signatures, staleness and bad payloads."""
+        """POST `body` as is (signed unless `sign=False`), for tests of signatures, staleness and bad payloads.
+        Always over HTTP, in Socket Mode too."""
         raw = body.encode() if isinstance(body, str) else body
         content_type = "application/json" if raw.lstrip().startswith(b"{") else "application/x-www-form-urlencoded"
         extra = dict(headers or {})
@@ -150,12 +174,11 @@ class Deliverer:
 
     async def deliver_event(self, envelope: JSON, retry_num: int | None = None,
                             retry_reason: str | None = None) -> Delivery:
-        """(Re)deliver an envelope; Slack's retries keep the event_id and add the X-Slack-Retry-* headers."""
-        extra: dict[str, str] = {}
-        if retry_num is not None:
-            extra["X-Slack-Retry-Num"] = str(retry_num)
-            extra["X-Slack-Retry-Reason"] = retry_reason or "http_timeout"
-        return await self._post_json(envelope["event"].get("type", "event"), envelope, extra)
+        """(Re)deliver an envelope; Slack's retries keep the event_id and add the X-Slack-Retry-* headers (in Socket
+        Mode: the envelope's retry_attempt and retry_reason)."""
+        retry = (retry_num, retry_reason or "http_timeout") if retry_num is not None else None
+        return await self._send(envelope["event"].get("type", "event"), envelope, json.dumps(envelope).encode(),
+                                "application/json", envelope_type="events_api", retry=retry)
 
     async def post_user_message(self, user: str, channel: str, text: str,
                                 thread_ts: str | None = None) -> list[Delivery]:
@@ -245,7 +268,7 @@ class Deliverer:
                         "text": el.get("text"), "value": el.get("value")}
         if el.get("style"):
             action["style"] = el["style"]
-        return await self._post_payload(self._block_actions(user, channel, message_ts, action))
+        return await self._send_payload(self._block_actions(user, channel, message_ts, action))
 
     async def toggle_checkbox(self, user: str, channel: str, message_ts: str, block_id: str, action_id: str,
                               value: str, checked: bool) -> Delivery:
@@ -253,7 +276,7 @@ class Deliverer:
         self._locate(user, channel, message_ts, action_id, block_id)
         selected = self.ws.set_tick(user, channel, message_ts, block_id, action_id, value, checked)
         action = {"type": "checkboxes", "action_id": action_id, "block_id": block_id, "selected_options": selected}
-        return await self._post_payload(self._block_actions(user, channel, message_ts, action))
+        return await self._send_payload(self._block_actions(user, channel, message_ts, action))
 
     async def slash_command(self, user: str, channel: str, command: str, text: str = "") -> Delivery:
         cid = self.ws.resolve_channel(channel)
@@ -266,7 +289,8 @@ class Deliverer:
             "response_url": self._response_url({"channel": cid, "user": user, "is_ephemeral": False}),
             "trigger_id": self.ws.new_trigger(user),
         }
-        delivery = await self._post_form("slash_command", fields, fields)
+        delivery = await self._send("slash_command", fields, urlencode(fields).encode(), FORM,
+                                    envelope_type="slash_commands", accepts_response_payload=True)
         if delivery.status == 200 and delivery.body.strip():
             # The ack body is what Slack shows the caller (ephemeral unless response_type is in_channel).
             answer = delivery.json if isinstance(delivery.json, dict) else {"text": delivery.body}
@@ -290,7 +314,7 @@ class Deliverer:
         view["state"] = {"values": _state_values(view.get("blocks") or [], values or {})}
         payload = {"type": "view_submission", **self._actor(user), "trigger_id": self.ws.new_trigger(user),
                    "view": view, "response_urls": []}
-        delivery = await self._post_payload(payload)
+        delivery = await self._send_payload(payload)
         if delivery.status != 200:
             delivery.notes.append("non-200: Slack shows an error and keeps the modal open")
             return delivery
@@ -336,7 +360,7 @@ class Deliverer:
         if not record["view"].get("notify_on_close"):
             return None
         payload = {"type": "view_closed", **self._actor(user), "view": record["view"], "is_cleared": False}
-        return await self._post_payload(payload)
+        return await self._send_payload(payload)
 
 
 def _state_values(blocks: list[JSON], values: dict[str, dict[str, Any]]) -> JSON:

@@ -3,6 +3,9 @@
 The aiohttp server runs on a private event loop in a background thread, so it serves whatever loop (or none) the
 caller runs, and bot subprocesses reach it over 127.0.0.1. Deliveries (`post_user_message`, `click_button`, ...)
 are coroutines that run on the caller's loop; state inspection is synchronous and returns copies.
+
+With an `app_token` it speaks Socket Mode too (socket_mode.py): while a client is connected (or always, with
+`socket_mode=True`), the same delivery methods send envelopes over the WebSocket instead of signed POSTs.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from aiohttp import web
 from .calllog import CallLog, Entry
 from .delivery import Deliverer, Delivery
 from .limits import Fault, Limiter
+from .socket_mode import SocketModeHub
 from .web_api import ApiContext, build_routes
 from .workspace import JSON, Workspace
 
@@ -40,6 +44,8 @@ class LocalSlack:
         verification_token: str = "local-verification-token",
         workspace: Workspace | None = None,
         extra_routes: Callable[[LocalSlack], Iterable[web.AbstractRouteDef]] | None = None,
+        app_token: str | None = None,
+        socket_mode: bool = False,
     ) -> None:
         self.signing_secret = signing_secret
         self.bot_token = bot_token
@@ -55,9 +61,16 @@ class LocalSlack:
         self._stop_event: asyncio.Event | None = None
         self._ready = threading.Event()
         self._start_error: BaseException | None = None
-        self._api = ApiContext(self.workspace, self.limiter, self.log, bot_token, lambda: self.url)
+        self.app_token = app_token
+        # Socket Mode: links are handed out to the app token only; `socket_mode=True` delivers over them even before
+        # the bot connects (each delivery waits up to `delivery_timeout` for a link).
+        self._socket = SocketModeHub(self.workspace, self.log, lambda: self.url, timeout=delivery_timeout,
+                                     always=socket_mode)
+        self._api = ApiContext(self.workspace, self.limiter, self.log, bot_token, lambda: self.url,
+                               app_token=app_token, socket_url=self._socket.issue_url)
         self._deliverer = Deliverer(self.workspace, self.log, signing_secret, lambda: self.bot_url,
                                     lambda: self.url, verification_token, delivery_timeout)
+        self._deliverer.socket = self._socket
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -103,8 +116,10 @@ class LocalSlack:
 
     async def _main(self) -> None:
         self._stop_event = asyncio.Event()
+        self._socket.bind(asyncio.get_running_loop())
         app = web.Application(client_max_size=10 * 1024 * 1024)
         app.add_routes(build_routes(self._api))
+        app.add_routes(self._socket.routes())
         if self._extra_routes is not None:
             app.add_routes(list(self._extra_routes(self)))
         # A short shutdown grace: the bot's keep-alive sessions must not hold stop() for a minute.
@@ -123,6 +138,7 @@ class LocalSlack:
         try:
             await self._stop_event.wait()
         finally:
+            await self._socket.close_all()  # Socket Mode links first: the server's shutdown would wait on them
             await runner.cleanup()
 
     @property
@@ -139,6 +155,26 @@ class LocalSlack:
     def api_url(self) -> str:
         """What the bot passes as `AsyncWebClient(base_url=...)` / SLACK_API_URL."""
         return f"{self.url}api/"
+
+    # ------------------------------------------------------------------ Socket Mode
+
+    @property
+    def socket_mode(self) -> bool:
+        """Deliver over Socket Mode even while no client is connected (settable any time)."""
+        return self._socket.always
+
+    @socket_mode.setter
+    def socket_mode(self, value: bool) -> None:
+        self._socket.always = value
+
+    @property
+    def socket_connections(self) -> int:
+        """Socket Mode links open now: deliveries use one of them while there is any."""
+        return self._socket.connection_count
+
+    async def send_socket_disconnect(self, reason: str = "refresh_requested") -> int:
+        """Send `{"type": "disconnect"}` on every link, as Slack does before recycling one; returns how many."""
+        return await self._socket.send_disconnect(reason)
 
     # ------------------------------------------------------------------ seeding
 

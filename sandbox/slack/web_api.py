@@ -3,6 +3,7 @@
 Answers like slack.com: HTTP 200 with `{"ok": true, ...}` or `{"ok": false, "error": ...}`, 429 + Retry-After when
 rate limited. Parameters are read from the query string, a form body or a JSON body alike, because slack-sdk mixes
 them: AsyncWebClient sends chat.*/views.* as JSON and everything else as URL query parameters (even on POST).
+Bot methods take the bot token; `apps.connections.open` (Socket Mode) takes the app-level token.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from .workspace import JSON, SlackError, Workspace
 
 # Parameters that carry JSON when sent as a form or query string.
 _JSON_PARAMS = ("blocks", "view", "attachments", "metadata")
+# Methods called with the app-level token (xapp-…) rather than the bot token.
+APP_TOKEN_METHODS = frozenset({"apps.connections.open"})
 
 
 @dataclass
@@ -33,6 +36,8 @@ class ApiContext:
     log: CallLog
     bot_token: str
     base_url: Callable[[], str]
+    app_token: str | None = None  # Socket Mode's app-level token; None: apps.connections.open refuses every token
+    socket_url: Callable[[], str] | None = None  # a fresh WebSocket URL for apps.connections.open
 
 
 Handler = Callable[[ApiContext, JSON], JSON]
@@ -90,6 +95,16 @@ async def _read_params(request: web.Request) -> JSON:
     return params
 
 
+def _check_token(ctx: ApiContext, method_name: str, token: str) -> None:
+    """The right kind of token for the method, or Slack's error: the other kind is `not_allowed_token_type`."""
+    if method_name in APP_TOKEN_METHODS:
+        wanted, other = ctx.app_token, ctx.bot_token
+    else:
+        wanted, other = ctx.bot_token, ctx.app_token
+    if token != wanted:
+        raise SlackError("not_allowed_token_type" if token == other else "invalid_auth")
+
+
 def _token(request: web.Request, params: JSON) -> str | None:
     header = request.headers.get("Authorization", "")
     if header.startswith("Bearer "):
@@ -111,8 +126,7 @@ async def _api_call(ctx: ApiContext, request: web.Request) -> web.Response:
         token = _token(request, params)
         if not token:
             raise SlackError("not_authed")
-        if token != ctx.bot_token:
-            raise SlackError("invalid_auth")
+        _check_token(ctx, name, token)
         verdict = ctx.limiter.check(name)
         if verdict.status != 200:
             status = verdict.status
@@ -371,3 +385,10 @@ def views_update(ctx: ApiContext, params: JSON) -> JSON:
         raise SlackError("invalid_arguments", ["[ERROR] view_id or external_id is required"])
     return {"view": ctx.workspace.update_view(view, params.get("view_id"), params.get("external_id"),
                                               params.get("hash"))}
+
+
+@method("apps.connections.open")
+def apps_connections_open(ctx: ApiContext, params: JSON) -> JSON:
+    if ctx.socket_url is None:
+        raise SlackError("invalid_auth")
+    return {"url": ctx.socket_url()}
