@@ -58,8 +58,7 @@ async def test_approver_ticks_two_of_three_calls_and_only_those_run(slack, bot, 
     assert f"<@{REQUESTER}> asked: {TASK}" in text
     assert "run_runbook" in text and "disk-usage" in text and "post_message" in text
     assert [e["action_id"] for e in card["blocks"][-2]["elements"]] == ["approve", "reject", "edit"]
-    progress = thread.progress()
-    assert "Waiting for approval" in all_text(progress)
+    progress = await thread.wait_progress("Waiting for approval")  # an edit, delivered right after the card
     # The progress message was edited as the model streamed, not posted once.
     versions = slack.edit_history(OPS, progress["ts"])
     assert len(versions) >= 3 and "Working" in all_text(versions[0])
