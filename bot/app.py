@@ -67,7 +67,8 @@ def build_app(settings: BotSettings, client: AsyncWebClient, slack_runs: SlackRu
         slack_runs.spawn(
             slack_runs.decide(
                 action_id=action["action_id"], value=action.get("value"), user=body["user"]["id"],
-                channel=body["container"]["channel_id"], state_values=(body.get("state") or {}).get("values"),
+                channel=body["container"]["channel_id"], card_ts=body["container"].get("message_ts"),
+                state_values=(body.get("state") or {}).get("values"),
             ),
             f"approve {action.get('value')}",
         )
@@ -86,7 +87,7 @@ def build_app(settings: BotSettings, client: AsyncWebClient, slack_runs: SlackRu
     @app.view(EDIT_CALLBACK)
     async def on_edit_submit(ack: AsyncAck, body: dict[str, Any], view: dict[str, Any]) -> None:
         try:
-            ref, channel, _ = parse_edit_metadata(view)
+            ref, channel, card_ts = parse_edit_metadata(view)
         except MalformedCard as exc:
             log.warning("refused an edit dialog submission: %s", exc)
             await ack()
@@ -97,18 +98,18 @@ def build_app(settings: BotSettings, client: AsyncWebClient, slack_runs: SlackRu
             await ack(response_action="errors", errors=errors)
             return
         await ack()
-        slack_runs.spawn(slack_runs.submit_edit(ref, decisions, user, channel), f"edit {ref.value}")
+        slack_runs.spawn(slack_runs.submit_edit(ref, decisions, user, channel, card_ts), f"edit {ref.value}")
 
     @app.view(REJECT_CALLBACK)
     async def on_reject_submit(ack: AsyncAck, body: dict[str, Any], view: dict[str, Any]) -> None:
         await ack()
         try:
-            ref, channel, _ = parse_edit_metadata(view)
+            ref, channel, card_ts = parse_edit_metadata(view)
         except MalformedCard as exc:
             log.warning("refused a reject dialog submission: %s", exc)
             return
         reason = parse_reason((view.get("state") or {}).get("values"))
-        slack_runs.spawn(slack_runs.veto(ref, reason, body["user"]["id"], channel), f"reject {ref.value}")
+        slack_runs.spawn(slack_runs.veto(ref, reason, body["user"]["id"], channel, card_ts), f"reject {ref.value}")
 
     @app.command("/chatops")
     async def on_command(ack: AsyncAck, command: dict[str, Any]) -> None:

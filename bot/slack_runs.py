@@ -224,20 +224,29 @@ class SlackRuns:
     def _required(self, request: dict[str, Any], indexes: Any) -> int:
         return max((rule.required_approvals for _, rule in self._rules(request, indexes)), default=1)
 
-    async def check_click(self, ref: CardRef, user: str) -> tuple[PendingReview, dict[str, str]] | str:
-        """The pending review a click on ``ref`` answers, or why the click is refused (stale, expired)."""
+    async def check_click(
+        self, ref: CardRef, user: str, card_ts: str | None = None
+    ) -> tuple[PendingReview, dict[str, str]] | str:
+        """The pending review a click on ``ref`` answers, or why the click is refused (stale, expired).
+        ``card_ts``: where the clicked card is, so it can be rewritten even if the process that posted it
+        died before it recorded the card's ts."""
         meta = await self.store.run(ref.run_id)
         if not meta:
             return f"I know no run `{ref.run_id}`; it may have expired."
         pending = await self.runs.pending_review(ref.run_id)
         if pending is None or pending.interrupt_id != ref.interrupt_id:
             return STALE_CARD
+        if card_ts and (meta.get("card_ts") != card_ts or meta.get("card_interrupt") != ref.interrupt_id):
+            await self.store.save_run(ref.run_id, card_ts=card_ts, card_interrupt=ref.interrupt_id)
+            meta = {**meta, "card_ts": card_ts, "card_interrupt": ref.interrupt_id}
         if time.time() - pending.created_at > self.policy.expires_after_s:
             await self.expire(pending)
             return "This approval expired before anyone decided; ask again if it is still needed."
         return pending, meta
 
-    async def decide(self, *, action_id: str, value: Any, user: str, channel: str, state_values: Any) -> None:
+    async def decide(
+        self, *, action_id: str, value: Any, user: str, channel: str, card_ts: str | None, state_values: Any
+    ) -> None:
         """Approve (selected) on a card. Runs after the click was acked."""
         try:
             ref = CardRef.parse(value)
@@ -245,7 +254,7 @@ class SlackRuns:
             log.warning("refused a click from %s: %s", user, exc)
             await self._tell(channel, user, "That button is not one of mine; nothing was changed.")
             return
-        checked = await self.check_click(ref, user)
+        checked = await self.check_click(ref, user, card_ts)
         if isinstance(checked, str):
             await self._tell(channel, user, checked)
             return
@@ -320,7 +329,7 @@ class SlackRuns:
             log.warning("refused a %s click from %s: %s", kind, user, exc)
             await self._tell(channel, user, "That button is not one of mine; nothing was changed.")
             return
-        checked = await self.check_click(ref, user)
+        checked = await self.check_click(ref, user, card_ts)
         if isinstance(checked, str):
             await self._tell(channel, user, checked)
             return
@@ -370,17 +379,17 @@ class SlackRuns:
             errors["include_0"] = "Every call is unticked: tick at least one, or close this and click Reject on the card."
         return decisions, errors
 
-    async def submit_edit(self, ref: CardRef, decisions: list[Decision], user: str, channel: str) -> None:
-        checked = await self.check_click(ref, user)
+    async def submit_edit(self, ref: CardRef, decisions: list[Decision], user: str, channel: str, card_ts: str | None = None) -> None:
+        checked = await self.check_click(ref, user, card_ts)
         if isinstance(checked, str):
             await self._tell(channel, user, checked)
             return
         pending, meta = checked
         await self.approve(ref, pending, meta, decisions, user, channel)
 
-    async def veto(self, ref: CardRef, reason: str, user: str, channel: str) -> None:
+    async def veto(self, ref: CardRef, reason: str, user: str, channel: str, card_ts: str | None = None) -> None:
         """A rejection: one is enough, whatever the card's number of required approvals."""
-        checked = await self.check_click(ref, user)
+        checked = await self.check_click(ref, user, card_ts)
         if isinstance(checked, str):
             await self._tell(channel, user, checked)
             return
