@@ -105,6 +105,14 @@ class Thread:
         await self.slack.wait_for(self.card, timeout=timeout, description="an approval card in the thread")
         return self.card()  # type: ignore[return-value]
 
+    async def wait_decided(self, card_ts: str, timeout: float = 20) -> dict[str, Any]:
+        """The card once rewritten as decided (its edit may land just after the progress message's)."""
+        def decided() -> bool:
+            return header_of(self.slack.message(self.channel, card_ts) or {}) == "Approval decided"
+
+        await self.slack.wait_for(decided, timeout=timeout, description="the card to say Approval decided")
+        return self.slack.message(self.channel, card_ts)  # type: ignore[return-value]
+
     async def wait_progress(self, words: str, timeout: float = 20) -> dict[str, Any]:
         def shows() -> bool:
             progress = self.progress()

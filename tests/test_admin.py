@@ -196,7 +196,7 @@ async def test_two_of_two_approvals(slack, start, model, runbooks, env, tmp_path
     await slack.click_button(OTHER, OPS, card["ts"], "approve")
     await thread.wait_progress("Done")
     assert len(runbooks.executions("disk-usage")) == 1 and len(runbooks.executions("record")) == 1
-    decided = all_text(slack.message(OPS, card["ts"]))
+    decided = all_text(await thread.wait_decided(card["ts"]))
     assert f"Decided by <@{APPROVER}>, <@{OTHER}>" in decided
     actions = [(e["action"], e["by"]) for e in audit_export(env, run_id)]
     assert actions[:2] == [("approval", APPROVER), ("approval", OTHER)]

@@ -73,7 +73,7 @@ async def test_approver_ticks_two_of_three_calls_and_only_those_run(slack, bot, 
     assert len(runbooks.executions("disk-usage")) == 1
     assert runbooks.executions("record") == []
     assert [m["text"] for m in slack.messages(OPS) if m.get("user") == "U0BOT"] == ["Disk at 42%."]
-    decided = slack.message(OPS, card["ts"])
+    decided = await thread.wait_decided(card["ts"])
     assert header_of(decided) == "Approval decided"
     decided_text = all_text(decided)
     assert "disk-usage — :white_check_mark: approved" in decided_text
@@ -95,7 +95,7 @@ async def test_reject_runs_nothing_and_says_so(slack, bot, model, runbooks):
     done = await thread.wait_progress("Done")
     assert runbooks.executions() == []
     assert [m for m in slack.messages(OPS) if m.get("user") == "U0BOT"] == []
-    decided = all_text(slack.message(OPS, card["ts"]))
+    decided = all_text(await thread.wait_decided(card["ts"]))
     assert "0 of 3 allowed" in decided and "(wrong runbook for prod)" in decided
     assert "rejected" in all_text(done)
     # The model read the reason.
@@ -201,7 +201,7 @@ async def test_edit_dialog_shows_field_errors_then_runs_the_edited_call(slack, b
     await thread.wait_progress("Done")
     assert len(runbooks.executions("disk-usage")) == 1 and runbooks.executions("record") == []
     assert [m["text"] for m in slack.messages(alerts)] == ["edited"]
-    decided = all_text(slack.message(OPS, card["ts"]))
+    decided = all_text(await thread.wait_decided(card["ts"]))
     assert ":pencil2: edited to channel=#ops-alerts, text=edited" in decided and "record — :x: rejected" in decided
 
 
@@ -340,7 +340,7 @@ async def test_a_429_storm_on_chat_update_still_delivers_every_final_state(slack
     done = await thread.wait_progress("Done", timeout=60)
 
     assert "Finished: disk usage is 42%." in all_text(done)
-    assert header_of(slack.message(OPS, card["ts"])) == "Approval decided"
+    await thread.wait_decided(card["ts"])
     updates = slack.calls("chat.update")
     limited = [c for c in updates if c.get("status") == 429]
     assert len(limited) == 6
