@@ -244,21 +244,30 @@ class SlackRuns:
             return "This approval expired before anyone decided; ask again if it is still needed."
         return pending, meta
 
-    async def decide(
-        self, *, action_id: str, value: Any, user: str, channel: str, card_ts: str | None, state_values: Any
-    ) -> None:
-        """Approve (selected) on a card. Runs after the click was acked."""
+    async def _clicked(
+        self, value: Any, user: str, channel: str, card_ts: str | None
+    ) -> tuple[CardRef, PendingReview, dict[str, str]] | None:
+        """The card a button click answers, or None after telling the clicker why not."""
         try:
             ref = CardRef.parse(value)
         except MalformedCard as exc:
             log.warning("refused a click from %s: %s", user, exc)
             await self._tell(channel, user, "That button is not one of mine; nothing was changed.")
-            return
+            return None
         checked = await self.check_click(ref, user, card_ts)
         if isinstance(checked, str):
             await self._tell(channel, user, checked)
+            return None
+        return ref, *checked
+
+    async def decide(
+        self, *, action_id: str, value: Any, user: str, channel: str, card_ts: str | None, state_values: Any
+    ) -> None:
+        """Approve (selected) on a card. Runs after the click was acked."""
+        clicked = await self._clicked(value, user, channel, card_ts)
+        if clicked is None:
             return
-        pending, meta = checked
+        ref, pending, meta = clicked
         count = len(pending.request["action_requests"])
         proposal = await self.store.proposal(ref.run_id, ref.interrupt_id)
         if proposal is not None:
@@ -323,17 +332,10 @@ class SlackRuns:
             await self._tell(channel, who, f"Not accepted: {exc}")
 
     async def _open_dialog(self, *, value: Any, user: str, channel: str, card_ts: str, trigger_id: str, kind: str) -> None:
-        try:
-            ref = CardRef.parse(value)
-        except MalformedCard as exc:
-            log.warning("refused a %s click from %s: %s", kind, user, exc)
-            await self._tell(channel, user, "That button is not one of mine; nothing was changed.")
+        clicked = await self._clicked(value, user, channel, card_ts)
+        if clicked is None:
             return
-        checked = await self.check_click(ref, user, card_ts)
-        if isinstance(checked, str):
-            await self._tell(channel, user, checked)
-            return
-        pending, meta = checked
+        ref, pending, meta = clicked
         everything = self._rules(pending.request, range(len(pending.request["action_requests"])))
         if kind == "reject":
             if not await self.approvers.may_reject(user, meta.get("requester") or None, everything):

@@ -15,6 +15,9 @@ from graphs.embedded_redis import EmbeddedRedis
 from graphs.runtime import Runtime, open_runtime
 from graphs.settings import CoreSettings
 from sandbox.openai_server import ScriptedOpenAI
+from sandbox.slack import LocalSlack
+
+from .bot_support import SECRET as SLACK_SIGNING_SECRET
 
 
 @pytest.fixture(scope="session")
@@ -126,6 +129,14 @@ def settings_for(redis_url: str, model: ScriptedOpenAI, runbooks: Runbooks, **ov
 async def runtime(redis_url: str, model: ScriptedOpenAI, runbooks: Runbooks, outbox: Outbox) -> AsyncIterator[Runtime]:
     async with open_runtime(settings_for(redis_url, model, runbooks), post_message=outbox) as rt:
         yield rt
+
+
+@pytest.fixture
+def slack() -> Iterator[LocalSlack]:
+    """A local Slack for one test; the bot must only call Web API methods Slack has."""
+    with LocalSlack(SLACK_SIGNING_SECRET) as local:
+        yield local
+        assert not local.unknown_calls, f"the bot called Web API methods Slack lacks: {local.unknown_calls}"
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ from .bot_support import (
     OPS,
     OTHER,
     REQUESTER,
-    SECRET,
     TASK,
     all_text,
     bot_env,
@@ -32,13 +31,6 @@ from .test_bot import deliver_click
 
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN, NOBODY = REQUESTER, OTHER  # Alice is the admin; Carol is not
-
-
-@pytest.fixture
-def slack():
-    with LocalSlack(SECRET) as local:
-        yield local
-        assert not local.unknown_calls, f"the bot called Web API methods Slack lacks: {local.unknown_calls}"
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ from .bot_support import (
     OPS,
     OTHER,
     REQUESTER,
-    SECRET,
     TASK,
     all_text,
     bot_env,
@@ -27,13 +26,6 @@ from .bot_support import (
     script_three_calls,
     start_bot,
 )
-
-
-@pytest.fixture
-def slack():
-    with LocalSlack(SECRET) as local:
-        yield local
-        assert not local.unknown_calls, f"the bot called Web API methods Slack lacks: {local.unknown_calls}"
 
 
 @pytest.fixture
