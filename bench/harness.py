@@ -23,6 +23,7 @@ from graphs.embedded_redis import free_port
 from sandbox.processes import ROOT, BotProcess
 from sandbox.slack import LocalSlack
 from sandbox.slack.delivery import Delivery
+from sandbox.slack.reading import all_text, header_of
 
 SECRET = "bench-signing-secret"
 REQUESTER, APPROVER = "U0ALICE", "U0BOB"
@@ -208,29 +209,6 @@ def child_pids() -> list[int]:
 
 
 # --- reading Slack like a person -----------------------------------------------------------------------------
-
-
-def header_of(message: dict[str, Any] | None) -> str:
-    for block in (message or {}).get("blocks") or []:
-        if block.get("type") == "header":
-            return str(block["text"]["text"])
-    return ""
-
-
-def all_text(message: dict[str, Any] | None) -> str:
-    """What a person reads on a message: its blocks' text, else its fallback text."""
-    if message is None:
-        return ""
-    parts = []
-    for block in message.get("blocks") or []:
-        if isinstance(block.get("text"), dict):
-            parts.append(block["text"]["text"])
-        for element in block.get("elements") or []:
-            if isinstance(element.get("text"), str):
-                parts.append(element["text"])
-            elif isinstance(element.get("text"), dict):
-                parts.append(element["text"]["text"])
-    return "\n".join(parts) or str(message.get("text", ""))
 
 
 class SlackThread:

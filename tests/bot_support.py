@@ -9,6 +9,7 @@ from typing import Any
 from sandbox.openai_server import rule
 from sandbox.processes import BotProcess
 from sandbox.slack import LocalSlack
+from sandbox.slack.reading import all_text, header_of
 
 SECRET = "test-signing-secret"
 OPS = "C0OPS"
@@ -57,27 +58,6 @@ def script_three_calls(model: Any) -> None:
             rule({"text": "Finished: disk usage is 42%."}, has_tool_results=True),
         ]
     )
-
-
-def header_of(message: dict[str, Any]) -> str:
-    for block in message.get("blocks") or []:
-        if block.get("type") == "header":
-            return block["text"]["text"]
-    return ""
-
-
-def all_text(message: dict[str, Any]) -> str:
-    """What a person reads on a message: its blocks' text, or its fallback text."""
-    parts = []
-    for block in message.get("blocks") or []:
-        if isinstance(block.get("text"), dict):
-            parts.append(block["text"]["text"])
-        for element in block.get("elements") or []:
-            if isinstance(element.get("text"), str):
-                parts.append(element["text"])
-            elif isinstance(element.get("text"), dict):
-                parts.append(element["text"]["text"])
-    return "\n".join(parts) or message.get("text", "")
 
 
 class Thread:

@@ -50,6 +50,12 @@ async def test_pending_review_is_visible_from_a_second_connection_every_time(red
     assert seen == 50
 
 
+def worker_spec(redis_url: str, model, runbooks, thread_id: str, interrupt_id: str, **extra: object) -> dict:
+    """What tests.worker needs to resume one review from another process."""
+    return {"redis_url": redis_url, "model_url": model.base_url, "runbooks_dir": str(runbooks.dir),
+            "thread_id": thread_id, "interrupt_id": interrupt_id, **extra}
+
+
 def run_worker(spec: dict) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "tests.worker", json.dumps(spec)],
@@ -75,15 +81,11 @@ async def test_a_paused_thread_is_resumed_from_a_new_process(redis_url, model, r
     async with open_runtime(settings_for(redis_url, model, runbooks)) as rt:
         paused = await rt.runs.start(thread_id, TASK)
     # This process let go of everything; another one picks the thread up from Redis.
-    spec = {
-        "redis_url": redis_url,
-        "model_url": model.base_url,
-        "runbooks_dir": str(runbooks.dir),
-        "thread_id": thread_id,
-        "interrupt_id": paused.pending.interrupt_id,
-        "decisions": [approve()],
-        "decided_by": "U_OTHER",
-    }
+    spec = worker_spec(
+        redis_url, model, runbooks, thread_id, paused.pending.interrupt_id,
+        decisions=[approve()],
+        decided_by="U_OTHER",
+    )
     result = await asyncio.to_thread(worker_result, run_worker(spec))
     assert result == {"status": "done", "report": "Recorded."}
     assert len(runbooks.executions("record")) == 1
@@ -98,15 +100,11 @@ async def test_two_processes_resuming_at_the_same_instant_run_the_tool_once(redi
         for trial in range(3):
             thread_id = f"race-{os.getpid()}-{time.time_ns()}-{trial}"
             paused = await rt.runs.start(thread_id, TASK)
-            spec = {
-                "redis_url": redis_url,
-                "model_url": model.base_url,
-                "runbooks_dir": str(runbooks.dir),
-                "thread_id": thread_id,
-                "interrupt_id": paused.pending.interrupt_id,
-                "decisions": [approve()],
-                "start_at": time.time() + 4.0,  # both processes are up and connected by then
-            }
+            spec = worker_spec(
+                redis_url, model, runbooks, thread_id, paused.pending.interrupt_id,
+                decisions=[approve()],
+                start_at=time.time() + 4.0,  # both processes are up and connected by then
+            )
             workers = [run_worker({**spec, "decided_by": f"U_{n}"}) for n in range(2)]
             results = await asyncio.gather(*(asyncio.to_thread(worker_result, w) for w in workers))
             outcomes.append(sorted(r["status"] for r in results))
@@ -155,14 +153,10 @@ async def test_rejected_in_one_process_is_final_in_another(redis_url, model, run
     async with open_runtime(settings_for(redis_url, model, runbooks)) as rt:
         paused = await rt.runs.start(thread_id, TASK)
         await rt.runs.resume(thread_id, paused.pending.interrupt_id, [reject("no")])
-    spec = {
-        "redis_url": redis_url,
-        "model_url": model.base_url,
-        "runbooks_dir": str(runbooks.dir),
-        "thread_id": thread_id,
-        "interrupt_id": paused.pending.interrupt_id,
-        "decisions": [approve()],
-    }
+    spec = worker_spec(
+        redis_url, model, runbooks, thread_id, paused.pending.interrupt_id,
+        decisions=[approve()],
+    )
     result = await asyncio.to_thread(worker_result, run_worker(spec))
     assert result["status"] == "refused" and result["error"] == "NotPending"
     assert runbooks.executions() == []
