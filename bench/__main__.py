@@ -23,8 +23,22 @@ from typing import Any
 from graphs.embedded_redis import EmbeddedRedis
 
 from .floor import CycleSample, bare_langgraph_cycles, runs_layer_cycles
-from .harness import BotConfig, ModelServer, SlackBot, child_pids, model_rules, write_runbooks
-from .scenarios import AckLoad, CycleRun, UpdateCalls, ack_load, run_cycles, update_calls
+from .harness import (
+    BotConfig,
+    ModelServer,
+    SlackBot,
+    child_pids,
+    model_rules,
+    write_runbooks,
+)
+from .scenarios import (
+    AckLoad,
+    CycleRun,
+    UpdateCalls,
+    ack_load,
+    run_cycles,
+    update_calls,
+)
 from .stats import SLACK_ACK_DEADLINE_MS, Table, percentile, summary
 
 SLACK_TIER3_PER_MINUTE = 50  # what the local Slack allows on chat.update, like Slack

@@ -12,12 +12,15 @@ from aiohttp import web
 from slack_sdk.web.async_client import AsyncWebClient
 
 from graphs.errors import ConfigError
+from graphs.policy import Policy
 from graphs.runtime import open_runtime
 
 from .app import build_app
 from .approvers import Approvers, Directory
 from .audit import AuditLog
+from .channels import Channels
 from .commands import Commands
+from .post_tool import PostTool
 from .server import web_app
 from .settings import BotSettings
 from .slack_runs import SlackRuns
@@ -29,13 +32,11 @@ log = logging.getLogger("bot")
 
 async def serve(settings: BotSettings, *, host: str) -> None:
     client = AsyncWebClient(token=settings.bot_token, base_url=settings.api_url)
-    slack_runs: SlackRuns | None = None
+    policy = Policy.from_env()
+    post_tool = PostTool(client, Channels(client), lambda: policy.rule("post_message"))
 
-    async def post_message(channel: str, text: str) -> str:
-        assert slack_runs is not None
-        return await slack_runs.post_message(channel, text)
-
-    async with open_runtime(settings.core, post_message=post_message) as runtime:
+    async with open_runtime(settings.core, post_message=post_tool.post, assess_post=post_tool.assess,
+                            policy=policy) as runtime:
         prefix = settings.core.key_prefix
         updater = MessageUpdater(client, runtime.redis, per_minute=settings.update_budget_per_minute, prefix=prefix)
         await updater.start()
@@ -51,7 +52,9 @@ async def serve(settings: BotSettings, *, host: str) -> None:
         await web.TCPSite(runner, host, settings.port).start()
         socket_handler = None
         if settings.socket_mode:
-            from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+            from slack_bolt.adapter.socket_mode.async_handler import (
+                AsyncSocketModeHandler,
+            )
 
             socket_handler = AsyncSocketModeHandler(app, settings.app_token)
             await socket_handler.connect_async()
@@ -80,9 +83,10 @@ def main() -> None:
     )
     try:
         settings = BotSettings.from_env()
+        # Settings read while starting up (the policy file, CHATOPS_HTTP_ALLOW) stop it the same way.
+        asyncio.run(serve(settings, host=os.environ.get("HOST", "0.0.0.0")))
     except ConfigError as exc:
         sys.exit(f"configuration error: {exc}")
-    asyncio.run(serve(settings, host=os.environ.get("HOST", "0.0.0.0")))
 
 
 if __name__ == "__main__":

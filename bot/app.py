@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from redis.exceptions import RedisError
+from slack_bolt import BoltResponse
 from slack_bolt.async_app import AsyncAck, AsyncApp
 from slack_sdk.web.async_client import AsyncWebClient
 
@@ -16,15 +19,41 @@ from .cards import (
     REJECT_ACTION,
     REJECT_CALLBACK,
     SELECT_ACTION,
-    MalformedCard,
-    parse_edit_metadata,
+    SHOW_ARGS_ACTION,
     parse_reason,
 )
 from .commands import Commands
 from .settings import BotSettings
-from .slack_runs import SlackRuns
+from .slack_runs import NOT_RECORDED, Click, SlackRuns, Where
 
 log = logging.getLogger(__name__)
+
+DIALOG_REFUSED = "This dialog is not one I opened for you, or it was already submitted; close it and use the card."
+
+
+def missing_fields(body: dict[str, Any]) -> str | None:
+    """What a signed payload lacks that its handler needs, or None. Slack always sends these; a payload
+    without them is forged or broken, and is acked and refused rather than left to hang or crash."""
+    kind = body.get("type")
+    if kind == "block_actions":
+        if not isinstance(body.get("user"), dict) or not body["user"].get("id"):
+            return "user"
+        container = body.get("container")
+        if not isinstance(container, dict) or not container.get("channel_id") or not container.get("message_ts"):
+            return "container"
+        if not isinstance(body.get("actions"), list) or not body["actions"]:
+            return "actions"
+    elif kind == "view_submission":
+        if not isinstance(body.get("user"), dict) or not body["user"].get("id"):
+            return "user"
+        if not isinstance(body.get("view"), dict) or not body["view"].get("id"):
+            return "view"
+    elif body.get("command"):
+        for name in ("user_id", "channel_id"):
+            if not body.get(name):
+                return name
+    return None
+
 
 def build_app(settings: BotSettings, client: AsyncWebClient, slack_runs: SlackRuns, commands: Commands) -> AsyncApp:
     app = AsyncApp(
@@ -34,9 +63,26 @@ def build_app(settings: BotSettings, client: AsyncWebClient, slack_runs: SlackRu
         process_before_response=False,
     )
 
+    # A payload without a user or container would otherwise hang 3 s and get a 404 (or a 500 for a command).
+    @app.middleware
+    async def refuse_incomplete(body: dict[str, Any], next: Callable[[], Awaitable[None]]) -> BoltResponse | None:  # noqa: A002
+        missing = missing_fields(body)
+        if missing is None:
+            await next()
+            return None
+        log.warning("refused a signed %s without %s", body.get("type") or body.get("command") or "request", missing)
+        return BoltResponse(status=200, body="")  # the ack: nothing was done
+
     async def ask_from_event(event: dict[str, Any], body: dict[str, Any]) -> None:
         event_id = body.get("event_id")
-        if event_id and not await slack_runs.store.first_delivery(event_id):
+        where = Where(event["channel"], event["user"], event.get("thread_ts") or event["ts"])
+        try:
+            first = not event_id or await slack_runs.store.first_delivery(event_id)
+        except RedisError as exc:
+            log.error("could not record event %s (%s): Redis is not answering", event_id, type(exc).__name__)
+            slack_runs.spawn(slack_runs.tell(where, NOT_RECORDED), f"tell {event_id}")
+            return
+        if not first:
             log.info("ignored a repeated delivery of event %s (retry %s)", event_id, body.get("retry_num", "?"))
             return
         slack_runs.spawn(
@@ -45,17 +91,26 @@ def build_app(settings: BotSettings, client: AsyncWebClient, slack_runs: SlackRu
                 message_ts=event["ts"], thread_ts=event.get("thread_ts"),
             ),
             f"ask {event_id}",
+            where=where,
         )
 
     @app.event("app_mention")
     async def on_mention(event: dict[str, Any], body: dict[str, Any]) -> None:
-        await ask_from_event(event, body)
+        if event.get("user") and event.get("channel") and event.get("ts"):
+            await ask_from_event(event, body)
 
     @app.event("message")
     async def on_message(event: dict[str, Any], body: dict[str, Any]) -> None:
         # Channel messages that mention the bot arrive as app_mention too; only DMs start runs here.
-        if event.get("channel_type") == "im" and not event.get("subtype") and not event.get("bot_id") and event.get("user"):
+        if (event.get("channel_type") == "im" and not event.get("subtype") and not event.get("bot_id")
+                and event.get("user") and event.get("channel") and event.get("ts")):
             await ask_from_event(event, body)
+
+    def click_of(body: dict[str, Any]) -> Click:
+        container = body["container"]
+        thread_ts = container.get("thread_ts") or (body.get("message") or {}).get("thread_ts")
+        return Click(body["user"]["id"], container["channel_id"], container["message_ts"], thread_ts,
+                     body.get("trigger_id") or "")
 
     @app.action(re.compile(f"^{SELECT_ACTION}_\\d+$"))
     async def on_tick(ack: AsyncAck) -> None:
@@ -64,59 +119,85 @@ def build_app(settings: BotSettings, client: AsyncWebClient, slack_runs: SlackRu
     @app.action(APPROVE_ACTION)
     async def on_approve(ack: AsyncAck, body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()
+        click = click_of(body)
         slack_runs.spawn(
-            slack_runs.decide(
-                action_id=action["action_id"], value=action.get("value"), user=body["user"]["id"],
-                channel=body["container"]["channel_id"], card_ts=body["container"].get("message_ts"),
-                state_values=(body.get("state") or {}).get("values"),
-            ),
-            f"approve {action.get('value')}",
+            slack_runs.decide(value=action.get("value"), click=click, state_values=(body.get("state") or {}).get("values")),
+            f"approve {str(action.get('value'))[:40]}",
+            where=Where(click.channel, click.user, click.thread_ts),
         )
 
     @app.action(EDIT_ACTION)
     @app.action(REJECT_ACTION)
     async def on_dialog_button(ack: AsyncAck, body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()
+        click = click_of(body)
         # Not spawned: the trigger id expires 3 s after the click.
         opener = slack_runs.open_editor if action["action_id"] == EDIT_ACTION else slack_runs.open_rejector
-        await opener(
-            value=action.get("value"), user=body["user"]["id"], channel=body["container"]["channel_id"],
-            card_ts=body["container"]["message_ts"], trigger_id=body["trigger_id"],
-        )
+        try:
+            await opener(value=action.get("value"), click=click)
+        except RedisError:
+            await slack_runs.tell(Where(click.channel, click.user, click.thread_ts), NOT_RECORDED)
+
+    @app.action(re.compile(f"^{SHOW_ARGS_ACTION}_\\d+$"))
+    async def on_show_arguments(ack: AsyncAck, body: dict[str, Any], action: dict[str, Any]) -> None:
+        await ack()
+        click = click_of(body)
+        index = int(action["action_id"].rsplit("_", 1)[1])
+        try:
+            await slack_runs.open_arguments(value=action.get("value"), index=index, click=click)
+        except RedisError:
+            await slack_runs.tell(Where(click.channel, click.user, click.thread_ts), NOT_RECORDED)
 
     @app.view(EDIT_CALLBACK)
     async def on_edit_submit(ack: AsyncAck, body: dict[str, Any], view: dict[str, Any]) -> None:
-        try:
-            ref, channel, card_ts = parse_edit_metadata(view)
-        except MalformedCard as exc:
-            log.warning("refused an edit dialog submission: %s", exc)
-            await ack()
-            return
         user = body["user"]["id"]
-        decisions, errors = await slack_runs.check_edit(ref, user, (view.get("state") or {}).get("values"))
+        try:
+            dialog = await slack_runs.dialog(view, user, "edit")
+            if dialog is None:
+                await ack(response_action="errors", errors={"include_0": DIALOG_REFUSED})
+                return
+            ref, binding = dialog
+            decisions, errors = await slack_runs.check_edit(ref, binding, (view.get("state") or {}).get("values"))
+        except RedisError:
+            await ack(response_action="errors", errors={"include_0": NOT_RECORDED})
+            return
         if errors:
             await ack(response_action="errors", errors=errors)
             return
         await ack()
-        slack_runs.spawn(slack_runs.submit_edit(ref, decisions, user, channel, card_ts), f"edit {ref.value}")
+        if await slack_runs.store.unbind_view(view["id"]):  # once: a replayed submission finds nothing
+            slack_runs.spawn(slack_runs.submit_edit(ref, binding, decisions), f"edit {ref.value}",
+                             where=Where(binding.channel, user))
 
     @app.view(REJECT_CALLBACK)
     async def on_reject_submit(ack: AsyncAck, body: dict[str, Any], view: dict[str, Any]) -> None:
-        await ack()
+        user = body["user"]["id"]
         try:
-            ref, channel, card_ts = parse_edit_metadata(view)
-        except MalformedCard as exc:
-            log.warning("refused a reject dialog submission: %s", exc)
+            dialog = await slack_runs.dialog(view, user, "reject")
+        except RedisError:
+            await ack(response_action="errors", errors={"reason": NOT_RECORDED})
             return
-        reason = parse_reason((view.get("state") or {}).get("values"))
-        slack_runs.spawn(slack_runs.veto(ref, reason, body["user"]["id"], channel, card_ts), f"reject {ref.value}")
+        if dialog is None:
+            await ack(response_action="errors", errors={"reason": DIALOG_REFUSED})
+            return
+        await ack()
+        ref, binding = dialog
+        if await slack_runs.store.unbind_view(view["id"]):
+            reason = parse_reason((view.get("state") or {}).get("values"))
+            slack_runs.spawn(slack_runs.veto(ref, binding, reason), f"reject {ref.value}", where=Where(binding.channel, user))
 
     @app.command("/chatops")
     async def on_command(ack: AsyncAck, command: dict[str, Any]) -> None:
-        answer, work = await commands.handle(command)
+        try:
+            answer, work = await commands.handle(command)
+        except RedisError as exc:
+            log.error("/chatops %s: Redis is not answering (%s)", (command.get("text") or "")[:20], type(exc).__name__)
+            await ack(text=NOT_RECORDED)
+            return
         await ack(text=answer) if answer else await ack()
         if work is not None:
-            slack_runs.spawn(work, f"/chatops {command.get('text', '')[:40]}")
+            slack_runs.spawn(work, f"/chatops {command.get('text', '')[:40]}",
+                             where=Where(command["channel_id"], command["user_id"]))
 
     @app.error
     async def on_error(error: Exception, body: dict[str, Any] | None = None) -> None:

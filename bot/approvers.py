@@ -55,7 +55,9 @@ class Approvers:
     async def refusal(self, user_id: str, requester: str | None, calls: Iterable[tuple[str, ToolRule]]) -> str | None:
         """Why ``user_id`` may not approve these calls of ``requester``'s run, or None if they may."""
         for name, rule in calls:
-            if requester and user_id == requester and not (rule.allow_self_approval or self._allow_self):
+            # The tool's own word wins over the global setting, in both directions.
+            may_self = self._allow_self if rule.allow_self_approval is None else rule.allow_self_approval
+            if requester and user_id == requester and not may_self:
                 return f"You asked for this run, so someone else has to approve `{name}`."
             allowed = rule.approvers or self._allowed
             if allowed and not await self._directory.member_of(user_id, allowed):

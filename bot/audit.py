@@ -16,6 +16,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from .blocks import clip, literal
+
 EXPORT_PAGE = 1000
 EXPORT_MAX_PAGES = 100_000  # a bound on the loop, far beyond any real log
 
@@ -33,13 +35,14 @@ class AuditEntry:
     def line(self) -> str:
         """One human-readable line for /chatops audit."""
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(self.at))
-        who = self.by if self.by in ("policy", "system") else f"<@{self.by}>"
-        call = f" `{self.tool_call['name']}`" if self.tool_call else ""
+        who = self.by if self.by in ("policy", "system") else ", ".join(f"<@{u}>" for u in self.by.split(",") if u)
+        call = f" `{literal(self.tool_call['name'])}`" if self.tool_call else ""
         extra = ""
         if self.action == "edited":
-            extra = f" {json.dumps(self.details.get('old_args'))} → {json.dumps(self.details.get('new_args'))}"
+            old, new = (json.dumps(self.details.get(k), ensure_ascii=False) for k in ("old_args", "new_args"))
+            extra = f" {literal(clip(old, 300))} → {literal(clip(new, 300))}"
         elif self.details.get("reason"):
-            extra = f" ({self.details['reason']})"
+            extra = f" ({literal(clip(str(self.details['reason']), 300))})"
         elif self.details.get("checkpoint"):
             extra = f" to checkpoint `{self.details['checkpoint']}`"
         elif self.details.get("count"):

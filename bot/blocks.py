@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+from graphs.display import visible
 
 Block = dict[str, Any]
 
@@ -21,6 +24,9 @@ PRIVATE_METADATA = 3000
 MESSAGE_TEXT = 40000
 
 
+RICH_TEXT = 3000  # per text element: Slack documents none for rich_text, so we keep to the section limit
+
+
 def clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -30,8 +36,69 @@ def escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def plain(text: str, limit: int = OPTION_TEXT) -> Block:
-    return {"type": "plain_text", "text": clip(text, limit) or " ", "emoji": True}
+def literal(text: str) -> str:
+    """Text from a person, the model or a tool, for any mrkdwn or fallback ``text``: visible and inert."""
+    return escape(visible(text))
+
+
+# Slack's broadcast syntax (security.md): these notify a whole channel or group when sent unescaped.
+BROADCAST = re.compile(r"<!(channel|here|everyone)(?:\|([^>]*))?>|<!subteam\^([A-Z0-9]+)(?:\|([^>]*))?>")
+
+
+def broadcasts(text: str) -> list[str]:
+    """The broadcasts in ``text`` as a person would call them: @channel, @here, @everyone, @<group>."""
+    return [_broadcast_name(m) for m in BROADCAST.finditer(text)]
+
+
+def neutralize_broadcasts(text: str) -> str:
+    """``text`` with every broadcast turned into plain words ("@channel") that notify nobody."""
+    return BROADCAST.sub(_broadcast_name, text)
+
+
+def _broadcast_name(match: re.Match[str]) -> str:
+    if match.group(1):
+        return f"@{match.group(1)}"
+    label = (match.group(4) or "").lstrip("@")
+    return f"@{label or match.group(3)}"
+
+
+# --- literal text: rich_text elements are never parsed for mrkdwn, mentions or links ---------------
+
+
+def rich_text(*elements: Block, block_id: str | None = None) -> Block:
+    block: Block = {"type": "rich_text", "elements": list(elements)}
+    if block_id:
+        block["block_id"] = block_id
+    return block
+
+
+def rt_section(*elements: Block) -> Block:
+    return {"type": "rich_text_section", "elements": [e for e in elements if e.get("type") != "text" or e["text"]]}
+
+
+def rt_pre(text: str) -> Block:
+    return {"type": "rich_text_preformatted", "elements": [rt_text(text)]}
+
+
+def rt_quote(text: str) -> Block:
+    return {"type": "rich_text_quote", "elements": [rt_text(text)]}
+
+
+def rt_text(text: str, *, bold: bool = False, italic: bool = False, code: bool = False) -> Block:
+    element: Block = {"type": "text", "text": clip(text, RICH_TEXT)}
+    style = {k: True for k, on in (("bold", bold), ("italic", italic), ("code", code)) if on}
+    if style:
+        element["style"] = style
+    return element
+
+
+def rt_user(user_id: str) -> Block:
+    return {"type": "user", "user_id": user_id}
+
+
+def plain(text: str, limit: int = OPTION_TEXT, *, emoji: bool = True) -> Block:
+    """A plain_text object: never formatted. Data shown in one passes ``emoji=False`` so ``:x:`` stays text."""
+    return {"type": "plain_text", "text": clip(text, limit) or " ", "emoji": emoji}
 
 
 def mrkdwn(text: str, limit: int = SECTION_TEXT) -> Block:

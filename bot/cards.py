@@ -12,22 +12,34 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from graphs.display import hidden_characters, shorten, value_text, visible
 from graphs.tools import summarize_args
 from graphs.types import Decision, ReviewRequest
 
 from .blocks import (
+    MAX_MODAL_BLOCKS,
     MODAL_TITLE,
+    OPTION_TEXT,
     PRIVATE_METADATA,
+    SECTION_TEXT,
     Block,
     button,
     checkbox_groups,
     clip,
     context,
     divider,
-    escape,
+    fit_message,
     header,
+    literal,
+    mrkdwn,
     option,
     plain,
+    rich_text,
+    rt_pre,
+    rt_quote,
+    rt_section,
+    rt_text,
+    rt_user,
     section,
 )
 
@@ -62,13 +74,93 @@ class CardRef:
         return cls(run_id, interrupt_id)
 
 
-def _call_line(n: int, action: dict[str, Any]) -> str:
-    return f"{n}. `{action['name']}` {escape(summarize_args(action['args'], 300))}"
+# What a card shows of argument values: every value in full up to these sizes; beyond, the card says how much
+# it left out and a button shows every value whole. A call whose arguments are longer than a person can
+# review at all never reaches a card (ToolRegistry.validate_args refuses it).
+VALUE_SHOWN = 1000
+CARD_SHOWN = 8000
+INLINE_VALUE = 80  # a single-line value at most this long is shown inline; longer ones get their own box
+SHOW_ARGS_ACTION = "show_args"
 
 
 def mentions(users: str | list[str]) -> str:
     ids = users.split(",") if isinstance(users, str) else users
     return ", ".join(f"<@{u}>" for u in ids if u) or "someone"
+
+
+def _asked(requester: str | None, task: str) -> Block:
+    """Who asked and what, as data: the task is quoted literally, never formatted."""
+    who = rt_user(requester) if requester else rt_text("Someone")
+    return rich_text(rt_section(who, rt_text(" asked:")), rt_quote(visible(clip(task, 1500))))
+
+
+def call_facts(action: dict[str, Any], args: dict[str, Any] | None = None) -> list[str]:
+    """What a reviewer must know beyond the values: the tool's own findings (where a URL or a channel really
+    points), and any hidden characters in a value."""
+    facts = list(action.get("facts") or []) if args is None else []
+    for name, value in (action["args"] if args is None else args).items():
+        hidden = hidden_characters(value_text(value))
+        if hidden:
+            facts.append(f"⚠ {name} contains hidden characters (each shown by its code): {', '.join(hidden[:4])}"
+                         + (" …" if len(hidden) > 4 else ""))
+    return facts
+
+
+class _Budget:
+    """How many characters of values the card still shows in full."""
+
+    def __init__(self, total: int) -> None:
+        self.left = total
+
+    def take(self, text: str, limit: int = VALUE_SHOWN) -> tuple[str, int]:
+        shown, cut = shorten(text, max(0, min(limit, self.left)))
+        self.left -= len(shown)
+        return shown, cut
+
+
+def _call_block(n: int, name: str, args: dict[str, Any], facts: list[str], budget: _Budget,
+                suffix: str = "") -> tuple[Block, int]:
+    """One call as data: its tool, each argument and its value (boxed when long or on several lines), the
+    facts, and how many characters were left out. Nothing in it is mrkdwn."""
+    sections: list[Block] = [rt_section(rt_text(f"{n}. "), rt_text(name, bold=True, code=True), rt_text(suffix))]
+    left_out = 0
+    if not args:
+        sections.append(rt_section(rt_text("(no arguments)", italic=True)))
+    for key, value in args.items():
+        shown, cut = budget.take(visible(value_text(value)))
+        left_out += cut
+        label = f"{visible(str(key))}{'' if isinstance(value, str) else ' (' + _kind(value) + ')'}: "
+        if cut == 0 and "\n" not in shown and len(shown) <= INLINE_VALUE:
+            sections.append(rt_section(rt_text(label), rt_text(shown, code=True)))
+        else:
+            sections += [rt_section(rt_text(label)), rt_pre(shown + ("…" if cut else ""))]
+            if cut:
+                sections.append(rt_section(rt_text(f"✂ {cut:,} more characters of {visible(str(key))} not shown here",
+                                                   italic=True)))
+    sections += [rt_section(rt_text(f"↳ {visible(fact)}", italic=True)) for fact in facts]
+    return rich_text(*sections), left_out
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "number"
+    return "JSON"
+
+
+def _calls(ref: CardRef, actions: list[dict[str, Any]], budget: _Budget, *, show_all: bool) -> list[Block]:
+    blocks: list[Block] = []
+    for n, action in enumerate(actions, 1):
+        block, left_out = _call_block(n, action["name"], action["args"], call_facts(action), budget)
+        blocks.append(block)
+        if left_out and show_all:
+            blocks.append({
+                "type": "section",
+                "text": mrkdwn(f"Call {n} is shortened on this card ({left_out:,} characters left out)."),
+                "accessory": button("Show in full", f"{SHOW_ARGS_ACTION}_{n - 1}", ref.value),
+            })
+    return blocks
 
 
 def approval_card(
@@ -86,16 +178,16 @@ def approval_card(
     several approvers) the checkboxes give way to that proposal, which later approvers confirm."""
     actions = request["action_requests"]
     nonce = ref.interrupt_id[:8]
-    asked_by = f"<@{requester}>" if requester else "Someone"
-    blocks: list[Block] = [header("Approval needed"), section(f"{asked_by} asked: {escape(clip(task, 1500))}")]
+    blocks: list[Block] = [header("Approval needed"), _asked(requester, task)]
+    budget = _Budget(CARD_SHOWN)
     if proposal is None:
-        details = "\n".join(_call_line(n, a) for n, a in enumerate(actions, 1))
         options = [
-            option(f"{n}. {a['name']}", str(n - 1), summarize_args(a["args"], 75) or "(no arguments)")
+            option(f"{n}. {a['name']}", str(n - 1), summarize_args(a["args"], OPTION_TEXT) or "(no arguments)")
             for n, a in enumerate(actions, 1)
         ]
         blocks += [
-            section(f"*The agent wants to run {len(actions)} call{'s' if len(actions) != 1 else ''}:*\n{details}"),
+            section(f"*The agent wants to run {len(actions)} call{'s' if len(actions) != 1 else ''}:*"),
+            *_calls(ref, actions, budget, show_all=True),
             *checkbox_groups(options, action_id=SELECT_ACTION, block_prefix=f"{CALLS_BLOCK_PREFIX}{nonce}_"),
         ]
         buttons = [
@@ -104,7 +196,7 @@ def approval_card(
             button("Edit…", EDIT_ACTION, ref.value),
         ]
     else:
-        blocks.append(section("*Proposed by the first approver:*\n" + "\n".join(_decision_lines(request, proposal))))
+        blocks += [section("*Proposed by the first approver:*"), *_decided_calls(request, proposal, budget)]
         buttons = [
             button("Approve", APPROVE_ACTION, ref.value, "primary"),
             button("Reject…", REJECT_ACTION, ref.value, "danger"),
@@ -119,23 +211,25 @@ def approval_card(
     if expires_at:
         notes.append("expires " + time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(expires_at)))
     blocks.append(context(" · ".join(notes)))
-    text = f"Approval needed for run {ref.run_id}: " + ", ".join(a["name"] for a in actions)
-    return text, blocks
+    text = f"Approval needed for run {ref.run_id}: " + literal(", ".join(a["name"] for a in actions))
+    return text, fit_message(blocks, "Too many calls to show on one card: reject it and ask for fewer at a time.")
 
 
-def _decision_lines(request: ReviewRequest, decisions: list[Decision]) -> list[str]:
-    lines = []
+def _decided_calls(request: ReviewRequest, decisions: list[Decision], budget: _Budget) -> list[Block]:
+    blocks = []
     for n, (action, decision) in enumerate(zip(request["action_requests"], decisions), 1):
-        line = f"{n}. `{action['name']}` {escape(summarize_args(action['args'], 200))} — {DECISION_MARK[decision['type']]}"
+        mark = DECISION_MARK[decision["type"]]
         if decision["type"] == "edit":
-            line += f" to {escape(summarize_args(decision['edited_action']['args'], 200))}"
-        if decision["type"] == "reject" and decision.get("message"):
-            line += f" ({escape(decision['message'])})"
-        lines.append(line)
-    return lines
+            args = decision["edited_action"]["args"]
+            block, _ = _call_block(n, action["name"], args, call_facts(action, args), budget, f" — {mark}, now runs with:")
+        else:
+            reason = f" ({visible(decision['message'])})" if decision["type"] == "reject" and decision.get("message") else ""
+            block, _ = _call_block(n, action["name"], action["args"], call_facts(action), budget, f" — {mark}{reason}")
+        blocks.append(block)
+    return blocks
 
 
-DECISION_MARK = {"approve": ":white_check_mark: approved", "edit": ":pencil2: edited", "reject": ":x: rejected"}
+DECISION_MARK = {"approve": "✅ approved", "edit": "✏️ edited", "reject": "❌ rejected"}
 
 
 def decided_card(
@@ -148,27 +242,51 @@ def decided_card(
     task: str,
 ) -> tuple[str, list[Block]]:
     approved = sum(d["type"] != "reject" for d in decisions)
-    asked_by = f"<@{requester}>" if requester else "Someone"
     blocks = [
         header("Approval decided"),
-        section(f"{asked_by} asked: {escape(clip(task, 1500))}"),
-        section("\n".join(_decision_lines(request, decisions))),
+        _asked(requester, task),
+        *_decided_calls(request, decisions, _Budget(CARD_SHOWN)),
         context(f"Decided by {mentions(decided_by)} · {approved} of {len(decisions)} allowed · run `{ref.run_id}`"),
     ]
     text = f"Run {ref.run_id}: {approved} of {len(decisions)} calls approved by {mentions(decided_by)}"
-    return text, blocks
+    return text, fit_message(blocks, "More calls were decided than one message can show; see /chatops audit.")
 
 
 def closed_card(ref: CardRef, request: ReviewRequest, *, title: str, reason: str, task: str) -> tuple[str, list[Block]]:
     """A card that can no longer be answered: cancelled, expired or replaced by a rewind."""
-    details = "\n".join(_call_line(n, a) for n, a in enumerate(request["action_requests"], 1))
+    budget = _Budget(CARD_SHOWN)
+    calls = [_call_block(n, a["name"], a["args"], [], budget, " — did not run")[0]
+             for n, a in enumerate(request["action_requests"], 1)]
     blocks = [
         header(title),
-        section(f"Task: {escape(clip(task, 1500))}"),
-        section(f"~Proposed:~\n{details}"),
+        rich_text(rt_section(rt_text("Task: ")), rt_quote(visible(clip(task, 1500)))),
+        *calls,
         context(f"{reason} · run `{ref.run_id}`"),  # our own words, mentions included
     ]
-    return f"Run {ref.run_id}: {reason}", blocks
+    return f"Run {ref.run_id}: {reason}", fit_message(blocks, "More calls than one message can show.")
+
+
+def args_modal(ref: CardRef, request: ReviewRequest, index: int) -> Block:
+    """Every argument value of one call, whole and exact (hidden characters made visible), for reading."""
+    action = request["action_requests"][index]
+    blocks: list[Block] = [section(f"Call {index + 1} of run `{ref.run_id}`: `{literal(action['name'])}`, exactly as "
+                                   "it will run. Hidden characters are shown by their code, e.g. ⟨U+202E⟩.")]
+    facts = call_facts(action)
+    if facts:
+        blocks.append(rich_text(*(rt_section(rt_text(f"↳ {visible(f)}", italic=True)) for f in facts)))
+    for key, value in action["args"].items():
+        blocks += [divider(), section(f"*{literal(str(key))}*")]
+        text = visible(value_text(value))
+        blocks += [{"type": "section", "text": plain(text[i:i + SECTION_TEXT - 100], SECTION_TEXT, emoji=False)}
+                   for i in range(0, max(len(text), 1), SECTION_TEXT - 100)]
+    if len(blocks) > MAX_MODAL_BLOCKS:
+        blocks = blocks[: MAX_MODAL_BLOCKS - 1] + [section("_The rest does not fit in one dialog; reject the call._")]
+    return {
+        "type": "modal",
+        "title": plain("Full arguments", MODAL_TITLE),
+        "close": plain("Close", MODAL_TITLE),
+        "blocks": blocks,
+    }
 
 
 def selected_indexes(state_values: Any, interrupt_id: str) -> set[int] | None:
@@ -265,8 +383,14 @@ def _arg_input(n: int, name: str, prop: dict[str, Any], value: Any, required: bo
             element["initial_value"] = json.dumps(value)
     block: Block = {"type": "input", "block_id": block_id, "label": plain(label, 2000),
                     "element": element, "optional": not required}
-    if prop.get("description"):
-        block["hint"] = plain(prop["description"], 2000)
+    hints = [prop["description"]] if prop.get("description") else []
+    hidden = hidden_characters(value_text(value)) if value is not None else []
+    if hidden:
+        # An input box shows hidden characters as they are (invisibly): say so, and show them.
+        block["label"] = plain(f"{label} — contains hidden characters", 2000)
+        hints.append(f"Contains {', '.join(hidden[:4])}. As it runs now: {visible(value_text(value))}")
+    if hints:
+        block["hint"] = plain("\n".join(hints), 2000, emoji=False)
     return block
 
 

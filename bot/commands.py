@@ -10,7 +10,7 @@ from typing import Any
 from graphs.errors import ChatOpsError, UnknownCheckpoint, UnknownRun
 
 from .approvers import Directory
-from .blocks import escape
+from .blocks import clip, escape, literal
 from .slack_runs import SlackRuns
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class Commands:
                     return f"Usage: {SUBCOMMAND_USAGE['run']}", None
                 return "", self.slack_runs.ask_from_command(channel=command["channel_id"], user=user, task=rest)
             if verb == "pending":
-                return await self.pending(), None
+                return await self.pending(user, command["channel_id"]), None
             args = rest.split()
             if verb == "audit":
                 run_id = await self.run_id(args[0]) if args else None
@@ -95,20 +95,29 @@ class Commands:
             raise UnknownRun("That thread has no run of mine.")
         return run_id
 
-    async def pending(self) -> str:
-        waiting = await self.runs.pending()
-        if not waiting:
-            return "No approval cards are waiting."
-        lines = [f"*{len(waiting)} approval card{'s' if len(waiting) != 1 else ''} waiting* (oldest first):"]
-        for review in waiting[:LISTED]:
+    async def pending(self, user: str, channel: str) -> str:
+        """Open approval cards the caller may see: admins all of them; anyone else those of this channel, or in
+        a DM with the bot the runs they asked for (a private channel's or another DM's runs stay private)."""
+        admin = bool(self.admins) and await self.directory.member_of(user, self.admins)
+        in_dm = channel.startswith("D")
+        shown = []
+        for review in await self.runs.pending():
             meta = await self.slack_runs.store.run(review.thread_id)
+            if admin or (review.requester == user if in_dm else meta.get("channel") == channel):
+                shown.append((review, meta))
+        scope = "" if admin else (" for runs you asked for" if in_dm else " in this channel")
+        if not shown:
+            return f"No approval cards are waiting{scope}."
+        lines = [f"*{len(shown)} approval card{'s' if len(shown) != 1 else ''} waiting{scope}* (oldest first):"]
+        for review, meta in shown[:LISTED]:
             tools = ", ".join(a["name"] for a in review.request["action_requests"])
-            link = await self._permalink(meta.get("channel"), meta.get("card_ts"))
+            delivered = meta.get("card_interrupt") == review.interrupt_id and meta.get("card_ts")
+            link = await self._permalink(meta.get("card_channel") or meta.get("channel"), meta.get("card_ts")) if delivered else None
             who = f"<@{review.requester}>" if review.requester else "someone"
-            lines.append(f"• run `{review.thread_id}` by {who}: {tools} — waiting {_age(review.created_at)}"
-                         + (f" — <{link}|open the card>" if link else ""))
-        if len(waiting) > LISTED:
-            lines.append(f"…and {len(waiting) - LISTED} more.")
+            where = f" — <{link}|open the card>" if link else (" — card not delivered yet — retrying" if not delivered else "")
+            lines.append(f"• run `{review.thread_id}` by {who}: {literal(tools)} — waiting {_age(review.created_at)}{where}")
+        if len(shown) > LISTED:
+            lines.append(f"…and {len(shown) - LISTED} more.")
         return "\n".join(lines)
 
     async def _permalink(self, channel: str | None, ts: str | None) -> str | None:
@@ -127,7 +136,7 @@ class Commands:
         for c in checkpoints[:40]:
             when = c.created_at[11:19] if len(c.created_at) >= 19 else c.created_at
             node = ", ".join(c.next) or "end"
-            lines.append(f"• `{c.checkpoint_id[-8:]}` step {c.step} · next {node} · {when} UTC — {escape(c.summary[:200])}")
+            lines.append(f"• `{c.checkpoint_id[-8:]}` step {c.step} · next {node} · {when} UTC — {literal(clip(c.summary, 200))}")
         return "\n".join(lines)
 
     async def cancel(self, run_id: str, user: str) -> tuple[str, Any]:

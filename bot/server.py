@@ -33,7 +33,9 @@ def web_app(app: AsyncApp, redis: Redis, *, mode: str) -> web.Application:
         try:
             await redis.ping()
         except Exception as exc:  # noqa: BLE001 - the health check reports, it does not raise
-            return web.json_response({"ok": False, "mode": mode, "redis": str(exc)}, status=503)
+            # Anyone who can reach the port reads this: no host, port or password, only that it is down.
+            log.warning("health check: Redis is not answering (%s)", type(exc).__name__)
+            return web.json_response({"ok": False, "mode": mode, "redis": "unreachable"}, status=503)
         return web.Response(text=json.dumps({"ok": True, "mode": mode}), content_type="application/json")
 
     web_application = web.Application(client_max_size=MAX_BODY_BYTES)

@@ -2,15 +2,61 @@
 
 from __future__ import annotations
 
+import json
 import secrets
-import time
 import string
+import time
+import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
 
 RUN_ID_ALPHABET = string.ascii_lowercase + string.digits
 EVENT_DEDUPE_S = 3600  # Slack retries for up to ~6 min; keep ids an hour
+# A turn is claimed from the moment a mention is read until its run holds the thread's lock (or ended); if the
+# process dies in between, the claim lapses after this long and the thread takes new requests again.
+TURN_CLAIM_S = 120
+VIEW_BINDING_S = 3600  # a dialog the bot opened can be submitted for an hour
+
+# Claim a run's turn with who asked for what, in one step: a second mention a few ms later finds the claim
+# (and the first requester's task) and is refused. Only the holder of the turn ever writes the run record's
+# requester and task, so they cannot be swapped. KEYS: turn key. ARGV: token, requester, task, claim ms.
+# Returns {1, claim json} or {0, holder json}.
+_CLAIM_TURN = """
+local holder = redis.call('GET', KEYS[1])
+if holder then return {0, holder} end
+local claim = cjson.encode({token = ARGV[1], requester = ARGV[2], task = ARGV[3]})
+redis.call('SET', KEYS[1], claim, 'PX', ARGV[4])
+return {1, claim}
+"""
+_RELEASE_TURN = """
+local holder = redis.call('GET', KEYS[1])
+if holder and cjson.decode(holder)['token'] == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+@dataclass(frozen=True)
+class Turn:
+    """Who holds a run's turn: the request being set up or run right now."""
+
+    requester: str
+    task: str
+    token: str
+    mine: bool  # True: this call claimed it; False: someone else holds it
+
+
+@dataclass(frozen=True)
+class ViewBinding:
+    """A dialog the bot opened: for whom, on which card, of which kind."""
+
+    user: str
+    run_id: str
+    interrupt_id: str
+    channel: str
+    card_ts: str
+    kind: str
 
 
 def new_run_id() -> str:
@@ -42,6 +88,29 @@ class SlackStore:
         if await self.redis.set(key, run_id, nx=True, ex=self._ttl_s):
             return run_id
         return await self.redis.get(key) or run_id
+
+    async def claim_turn(self, run_id: str, *, requester: str, task: str) -> Turn:
+        """Claim the run's turn for ``requester``'s ``task``, unless someone holds it (then: who, and what)."""
+        token = uuid.uuid4().hex
+        won, raw = await self.redis.eval(
+            _CLAIM_TURN, 1, f"{self._prefix}turn:{run_id}", token, requester, task, TURN_CLAIM_S * 1000
+        )
+        holder = json.loads(raw)
+        return Turn(holder["requester"], holder["task"], holder["token"], mine=bool(won))
+
+    async def release_turn(self, run_id: str, turn: Turn) -> None:
+        await self.redis.eval(_RELEASE_TURN, 1, f"{self._prefix}turn:{run_id}", turn.token)
+
+    async def bind_view(self, view_id: str, binding: ViewBinding) -> None:
+        await self.redis.set(f"{self._prefix}view:{view_id}", json.dumps(binding.__dict__), ex=VIEW_BINDING_S)
+
+    async def view_binding(self, view_id: str) -> ViewBinding | None:
+        raw = await self.redis.get(f"{self._prefix}view:{view_id}")
+        return ViewBinding(**json.loads(raw)) if raw else None
+
+    async def unbind_view(self, view_id: str) -> bool:
+        """Forget a dialog once submitted; False if it was already (a replayed submission)."""
+        return bool(await self.redis.delete(f"{self._prefix}view:{view_id}"))
 
     async def save_run(self, run_id: str, **fields: Any) -> None:
         key = self._run(run_id)

@@ -16,6 +16,7 @@ import sys
 import uuid
 from typing import Any
 
+from .display import show_value, visible
 from .errors import ChatOpsError, InvalidDecision
 from .planner import OFFLINE_LABEL
 from .runtime import open_runtime
@@ -40,11 +41,11 @@ def _print_event(event: RunEvent) -> None:
     if isinstance(event, Token):
         print(event.text, end="", flush=True)
     elif isinstance(event, ToolStarted):
-        print(f"\n  -> {event.name}({summarize_args(event.args)})", flush=True)
+        print(f"\n  -> {event.name}({summarize_args(event.args)})", flush=True)  # summary: values made visible
     elif isinstance(event, ToolFinished):
         mark = "ok" if event.ok else "FAILED"
         first = event.output.strip().splitlines()[0] if event.output.strip() else ""
-        print(f"  <- {event.name} {mark} in {event.duration_s:.2f}s: {first}", flush=True)
+        print(f"  <- {event.name} {mark} in {event.duration_s:.2f}s: {visible(first)}", flush=True)
     elif isinstance(event, Finished):
         print("\n\nDone.")
     elif isinstance(event, Failed):
@@ -66,7 +67,13 @@ def _decide(review: PendingReview) -> list[Decision]:
     print("\n\nApproval needed for:")
     decisions: list[Decision] = []
     for n, action in enumerate(review.request["action_requests"], 1):
-        print(f"  {n}. {action['name']}({summarize_args(action['args'])})")
+        # Every value whole, hidden characters shown by their code: what is approved is exactly what runs.
+        print(f"  {n}. {action['name']}")
+        for key, value in action["args"].items():
+            shown = show_value(value).replace("\n", "\n" + " " * 8)
+            print(f"     {visible(str(key))}: {shown}")
+        for fact in action.get("facts") or []:
+            print(f"     -> {visible(fact)}")
         while True:
             answer = _ask("     [a]pprove, [e]dit, [r]eject? ").strip().lower()[:1]
             if answer == "a":
@@ -130,7 +137,7 @@ async def _review_loop(runs: Any, review: PendingReview | None) -> None:
 
 
 async def _post(channel: str, text: str) -> str:
-    print(f"\n  [message to {channel}] {text}")
+    print(f"\n  [message to {visible(channel)}] {visible(text)}")
     return f"posted to {channel} (terminal demo: printed, not sent)"
 
 

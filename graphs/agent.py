@@ -8,12 +8,19 @@ calls in one message is unsafe (only one shows at a time and an approved tool ca
 from __future__ import annotations
 
 import asyncio
+import logging
 import operator
 import time
 from typing import Annotated, Any, TypedDict
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.messages import (
+    AIMessage,
+    AnyMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.config import get_stream_writer
@@ -25,8 +32,12 @@ from langgraph.types import interrupt
 from .errors import InvalidArguments, InvalidDecision
 from .ledger import ExecutionLedger, MemoryLedger
 from .policy import Policy
+from .redaction import Redactor
 from .review import build_request, check_response, rejection_text
-from .tools import ToolRegistry
+from .tools import CURRENT_CALL, CallContext, ToolRegistry
+from .types import Assessment, strictest
+
+log = logging.getLogger(__name__)
 
 SYSTEM_PROMPT = """You are a chat-ops assistant for an operations team. You do operational tasks by calling tools.
 Propose every independent tool call the task needs in one turn. Some calls wait for a human to approve them;
@@ -34,8 +45,18 @@ a rejected call did not run: do not retry it unless asked. When the work is done
 of what ran and what it found."""
 
 
+def _merge(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    return {**(old or {}), **new}
+
+
+ASSESS_TIMEOUT_S = 15.0
+
+
 class AgentState(TypedDict, total=False):
     messages: Annotated[list[AnyMessage], add_messages]
+    # Per tool call id: what the tool's own check found (Assessment.to_dict()), taken once when the call was
+    # proposed, so the review step (which re-runs on resume) reads a fixed answer instead of checking again.
+    assessments: Annotated[dict[str, dict[str, Any]], _merge]
     # One record per review step: what policy and the human decided for each proposed call.
     reviews: Annotated[list[dict[str, Any]], operator.add]
     report: str
@@ -65,24 +86,31 @@ def build_graph(
     *,
     checkpointer: BaseCheckpointSaver | None = None,
     ledger: ExecutionLedger | None = None,
+    redactor: Redactor | None = None,
     system_prompt: str = SYSTEM_PROMPT,
 ) -> CompiledStateGraph:
     bound_model = model.bind_tools(registry.langchain_tools())
     ledger = ledger or MemoryLedger()
+    redact = redactor or Redactor(())
 
     async def planner(state: AgentState, config: RunnableConfig) -> dict[str, Any]:
         response = await bound_model.ainvoke([SystemMessage(system_prompt), *state["messages"]], config)
-        return {"messages": [response]}
+        update: dict[str, Any] = {"messages": [response]}
+        assessments = await _assess_calls(registry, getattr(response, "tool_calls", None) or [])
+        if assessments:
+            update["assessments"] = assessments
+        return update
 
     def review(state: AgentState, config: RunnableConfig) -> dict[str, Any]:
         # Everything before interrupt() re-runs on resume: keep it pure.
         ai = last_ai_message(state["messages"])
         assert ai is not None and ai.tool_calls, "review runs only after the planner proposed tool calls"
         waiting = _unanswered(state["messages"], ai)
+        assessments = state.get("assessments") or {}
         outcomes: dict[str, dict[str, Any]] = {}
         ask = []
         for call in waiting:
-            outcome = _policy_outcome(call, registry, policy)
+            outcome = _policy_outcome(call, registry, policy, assessments.get(call["id"]))
             if outcome is None:
                 ask.append(call)
             else:
@@ -90,7 +118,7 @@ def build_graph(
         runs_now = any(o["type"] == "approve" for o in outcomes.values())
         decided_by = None
         if ask and not runs_now:
-            request = build_request(ask, registry, policy)
+            request = build_request(ask, registry, policy, assessments)
             answer = interrupt(request)
             while True:
                 try:
@@ -143,7 +171,8 @@ def build_graph(
         ai = last_ai_message(state["messages"])
         assert ai is not None
         review = state["reviews"][-1]
-        approved = {c["tool_call_id"] for c in review["calls"] if c["decision"] != "reject"}
+        # Per approved call: did a person review it (mode "ask"), or did policy let it run alone ("auto")?
+        approved = {c["tool_call_id"]: c["mode"] for c in review["calls"] if c["decision"] != "reject"}
         results = []
         for call in _unanswered(state["messages"], ai):
             if call["id"] not in approved:
@@ -152,7 +181,13 @@ def build_graph(
             if await ledger.claim(key):
                 write({"event": "tool_started", "tool_call_id": call["id"], "name": call["name"], "args": call["args"]})
                 started = time.perf_counter()
-                ok, output = await _run_tool(registry, call["name"], call["args"])
+                token = CURRENT_CALL.set(CallContext(reviewed=approved[call["id"]] == "ask"))
+                try:
+                    ok, output = await _run_tool(registry, call["name"], call["args"])
+                finally:
+                    CURRENT_CALL.reset(token)
+                # Secrets are taken out before the result reaches the ledger, the checkpoint, the model or chat.
+                output = redact(output)
                 await ledger.record(key, ok, output)
                 write(
                     {
@@ -212,7 +247,32 @@ def _unanswered(messages: list[AnyMessage], ai: AIMessage) -> list[dict[str, Any
     return [call for call in ai.tool_calls if call["id"] not in answered]
 
 
-def _policy_outcome(call: dict[str, Any], registry: ToolRegistry, policy: Policy) -> dict[str, Any] | None:
+async def _assess_calls(registry: ToolRegistry, calls: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Run each proposed call's own check (where a tool has one) once, bounded in time."""
+    found: dict[str, dict[str, Any]] = {}
+    for call in calls:
+        if call.get("name") not in registry or registry.get(call["name"]).assess is None:
+            continue
+        try:
+            args = registry.validate_args(call["name"], call.get("args"))
+        except InvalidArguments:
+            continue  # review refuses it as invalid; nothing to check
+        check = registry.get(call["name"]).assess
+        assert check is not None
+        try:
+            assessment = await asyncio.wait_for(check(args), ASSESS_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            assessment = Assessment("deny", reason=f"{call['name']} could not be checked in time; it did not run")
+        except Exception as exc:  # noqa: BLE001 - a failing check must fail closed, never open
+            log.warning("the check of a %s call failed: %s", call["name"], type(exc).__name__)
+            assessment = Assessment("deny", reason=f"{call['name']} could not be checked; it did not run")
+        found[call["id"]] = assessment.to_dict()
+    return found
+
+
+def _policy_outcome(
+    call: dict[str, Any], registry: ToolRegistry, policy: Policy, assessment: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
     """What happens to a call without asking anyone; None means a human must decide."""
     name = call["name"]
     if name not in registry:
@@ -222,12 +282,27 @@ def _policy_outcome(call: dict[str, Any], registry: ToolRegistry, policy: Policy
         registry.validate_args(name, call["args"])
     except InvalidArguments as exc:
         return {"mode": "invalid", "type": "reject", "system": f"The call did not run: {exc}"}
-    mode = policy.mode(name)
+    checked = Assessment.from_dict(assessment) if assessment else None
+    mode = strictest(policy.mode(name), checked.mode) if checked else policy.mode(name)
     if mode == "deny":
+        if checked is not None and checked.mode == "deny":
+            return {"mode": "deny", "type": "reject", "system": f"{checked.reason} It did not run."}
         return {"mode": "deny", "type": "reject", "system": f"Policy forbids {name}; it did not run."}
     if mode == "auto":
         return {"mode": "auto", "type": "approve"}
     return None
+
+
+def proposed_outcomes(
+    calls: list[dict[str, Any]], registry: ToolRegistry, policy: Policy, assessments: dict[str, dict[str, Any]]
+) -> dict[str, tuple[str, str]]:
+    """Per tool call id, what will happen to it before anyone is asked (auto, ask, deny or invalid), and why
+    when it will not run."""
+    found = {}
+    for call in calls:
+        outcome = _policy_outcome(call, registry, policy, assessments.get(call["id"]))
+        found[call["id"]] = ("ask", "") if outcome is None else (outcome["mode"], outcome.get("system", ""))
+    return found
 
 
 async def _run_tool(registry: ToolRegistry, name: str, args: dict[str, Any]) -> tuple[bool, str]:

@@ -11,13 +11,12 @@ import os
 import re
 import signal
 import sys
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
-import httpx
-
-from .tools import ToolRegistry
+from .outbound import HttpAllowlist, OutboundError, OutboundGuard
+from .redaction import child_env
+from .tools import CURRENT_CALL, Assess, ToolRegistry
 
 PostMessage = Callable[[str, str], Awaitable[str]]
 
@@ -25,6 +24,8 @@ BUNDLED_RUNBOOKS = Path(__file__).parent / "runbooks"
 RUNNABLE = {".sh": ("bash",), ".py": (sys.executable,)}
 SEARCHABLE = {".md", ".sh", ".py", ".txt"}
 MAX_OUTPUT_CHARS = 4000
+MAX_RUNBOOK_NAME = 100
+RUNBOOK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 class ToolFailed(Exception):
@@ -37,36 +38,36 @@ def build_registry(
     *,
     runbook_timeout_s: float = 60.0,
     http_timeout_s: float = 5.0,
+    runbook_env: Mapping[str, str] | None = None,
+    guard: OutboundGuard | None = None,
+    assess_post: Assess | None = None,
 ) -> ToolRegistry:
+    """The built-in tools. ``runbook_env`` is the whole environment a runbook gets (default: the minimal
+    one of graphs.redaction.child_env, never the bot's own variables). ``guard`` is how http_check reaches URLs
+    (default: no allowlist, so internal targets are refused)."""
     runbooks_dir = Path(runbooks_dir).resolve()
     registry = ToolRegistry()
+    env = dict(child_env(os.environ) if runbook_env is None else runbook_env)
+    outbound = guard if guard is not None else OutboundGuard(HttpAllowlist.parse(None), timeout_s=http_timeout_s)
 
     async def search_runbooks(query: str) -> str:
         """Search the runbooks folder (markdown notes and scripts) for a query; returns matching runbook names with their titles."""
         return _search(runbooks_dir, query)
 
     async def http_check(url: str) -> str:
-        """Check an HTTP(S) endpoint: returns the status code and latency. Read-only (GET)."""
-        if not re.match(r"^https?://", url):
-            raise ToolFailed(f"only http:// and https:// URLs can be checked, got {url!r}")
-        started = time.perf_counter()
+        """Check an HTTP(S) endpoint with a GET: returns the status, latency and the start of the body. Internal addresses are refused unless allowlisted."""
         try:
-            async with httpx.AsyncClient(timeout=http_timeout_s, follow_redirects=True) as client:
-                response = await client.get(url)
-        except httpx.TimeoutException:
-            raise ToolFailed(f"GET {url} timed out after {http_timeout_s:g}s") from None
-        except httpx.HTTPError as exc:
-            raise ToolFailed(f"GET {url} failed: {exc.__class__.__name__}: {exc}") from None
-        ms = (time.perf_counter() - started) * 1000
-        summary = f"GET {url} -> {response.status_code} {response.reason_phrase} in {ms:.0f} ms"
-        if response.status_code >= 400:
-            raise ToolFailed(summary)
-        return summary
+            fetched = await outbound.fetch(url, reviewed=CURRENT_CALL.get().reviewed)
+        except OutboundError as exc:
+            raise ToolFailed(str(exc)) from None
+        if fetched.status >= 400:
+            raise ToolFailed(fetched.summary())
+        return fetched.summary()
 
     async def run_runbook(name: str) -> str:
         """Run a runbook script by name (as listed by search_runbooks) from the configured runbooks folder; returns its exit code and output."""
         script = _resolve_runbook(runbooks_dir, name)
-        return await _run_script(script, runbook_timeout_s)
+        return await _run_script(script, runbook_timeout_s, env)
 
     async def post_message_tool(channel: str, text: str) -> str:
         """Post a message to a chat channel, e.g. channel="#ops"."""
@@ -75,14 +76,25 @@ def build_registry(
         return await post_message(channel, text)
 
     registry.add(search_runbooks, timeout_s=10)
-    registry.add(http_check, timeout_s=http_timeout_s + 5)
+    # The URL's own check decides per call: allowlisted runs alone, public needs a person, internal never runs.
+    registry.add(http_check, timeout_s=outbound.timeout_s + 5, assess=lambda args: outbound.assess(args["url"]))
     registry.add(run_runbook, timeout_s=runbook_timeout_s + 5)
-    registry.add(post_message_tool, name="post_message", timeout_s=30)
+    # The chat surface says where a post really goes and whom it notifies, for the card (assess_post).
+    registry.add(post_message_tool, name="post_message", timeout_s=30, assess=assess_post)
     return registry
 
 
 def list_runbooks(runbooks_dir: Path) -> list[Path]:
-    return sorted(p for p in Path(runbooks_dir).iterdir() if p.is_file() and p.suffix in SEARCHABLE)
+    """The runbook files of the folder; a symlink counts only if it stays inside the folder."""
+    root = Path(runbooks_dir).resolve()
+    return sorted(p for p in root.iterdir() if p.suffix in SEARCHABLE and _inside(root, p))
+
+
+def _inside(root: Path, path: Path) -> bool:
+    try:
+        return path.is_file() and path.resolve().parent == root
+    except OSError:
+        return False
 
 
 def runbook_title(path: Path) -> str:
@@ -113,11 +125,13 @@ def _search(runbooks_dir: Path, query: str) -> str:
 
 
 def _resolve_runbook(runbooks_dir: Path, name: str) -> Path:
-    if not name or "/" in name or "\\" in name or name.startswith("."):
-        raise ToolFailed(f"{name!r} is not a runbook name (use a name from search_runbooks, without a path)")
+    if len(name) > MAX_RUNBOOK_NAME or not RUNBOOK_NAME.fullmatch(name):
+        shown = name if len(name) <= 40 else name[:40] + "…"
+        raise ToolFailed(f"{shown!r} is not a runbook name (use a name from search_runbooks: letters, digits, "
+                         "'.', '-' and '_', without a path)")
     candidates = [runbooks_dir / name] + [runbooks_dir / f"{name}{ext}" for ext in RUNNABLE]
     for path in candidates:
-        if path.is_file() and path.resolve().parent == runbooks_dir:
+        if _inside(runbooks_dir, path):
             if path.suffix not in RUNNABLE:
                 raise ToolFailed(f"{path.name} is a notes file, not a runnable runbook")
             return path
@@ -125,7 +139,7 @@ def _resolve_runbook(runbooks_dir: Path, name: str) -> Path:
     raise ToolFailed(f"no runbook named {name!r}; runnable runbooks: {available}")
 
 
-async def _run_script(script: Path, timeout_s: float) -> str:
+async def _run_script(script: Path, timeout_s: float, env: Mapping[str, str]) -> str:
     interpreter = RUNNABLE[script.suffix]
     process = await asyncio.create_subprocess_exec(
         *interpreter,
@@ -135,7 +149,7 @@ async def _run_script(script: Path, timeout_s: float) -> str:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         start_new_session=True,  # its own process group, so a timeout kills its children too
-        env={**os.environ, "CHATOPS_RUNBOOK": script.name},
+        env={**env, "CHATOPS_RUNBOOK": script.name},  # never the bot's own environment: it holds its tokens
     )
     try:
         output, _ = await asyncio.wait_for(process.communicate(), timeout_s)

@@ -27,6 +27,11 @@ class RunBusy(ChatOpsError):
     """Another process (or click) holds this thread right now."""
 
 
+class LockLost(RunBusy):
+    """This process could not keep its lock on a thread (it expired unextended, or another holder has it) and
+    stopped working on the thread before the lock could pass to someone else; another process may carry on."""
+
+
 class RunPaused(ChatOpsError):
     """The thread waits for a review; a new task cannot start until it is decided or cancelled."""
 

@@ -28,7 +28,12 @@ class ToolRule:
     mode: ToolMode = "ask"
     approvers: frozenset[str] = frozenset()  # empty: the global approvers (CHATOPS_APPROVERS)
     required_approvals: int = 1  # distinct approvers; one rejection vetoes
-    allow_self_approval: bool = False  # may the requester approve their own run's call?
+    # May the requester approve their own run's call? None: not said here, so the global setting
+    # (CHATOPS_ALLOW_SELF_APPROVAL) decides; an explicit True/False in the policy always wins over it.
+    allow_self_approval: bool | None = None
+    # May a post made by this tool notify a whole channel or group (@channel, @here, @everyone, user groups)?
+    # Off: such mentions are posted as plain words that notify nobody.
+    allow_broadcast: bool = False
 
 
 # Read-only tools run without a pause; anything with side effects waits for a human.
@@ -110,7 +115,7 @@ def _check_mode(where: str, mode: Any) -> None:
 
 
 def _rule(raw: dict[str, Any], base: ToolRule, where: str) -> ToolRule:
-    unknown = set(raw) - {"mode", "approvers", "required_approvals", "allow_self_approval"}
+    unknown = set(raw) - {"mode", "approvers", "required_approvals", "allow_self_approval", "allow_broadcast"}
     if unknown:
         raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
     mode = raw.get("mode", base.mode)
@@ -124,9 +129,12 @@ def _rule(raw: dict[str, Any], base: ToolRule, where: str) -> ToolRule:
     if not isinstance(required, int) or isinstance(required, bool) or required < 1:
         raise ConfigError(f"{where}.required_approvals must be a whole number >= 1, got {required!r}")
     allow_self = raw.get("allow_self_approval", base.allow_self_approval)
-    if not isinstance(allow_self, bool):
+    if allow_self is not None and not isinstance(allow_self, bool):
         raise ConfigError(f"{where}.allow_self_approval must be true or false")
-    return ToolRule(mode, frozenset(approvers), required, allow_self)
+    allow_broadcast = raw.get("allow_broadcast", base.allow_broadcast)
+    if not isinstance(allow_broadcast, bool):
+        raise ConfigError(f"{where}.allow_broadcast must be true or false")
+    return ToolRule(mode, frozenset(approvers), required, allow_self, allow_broadcast)
 
 
 def parse_duration(raw: str, where: str) -> float:

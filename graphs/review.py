@@ -10,19 +10,26 @@ from .tools import ToolRegistry, summarize_args
 from .types import ActionRequest, Decision, ReviewConfig, ReviewRequest
 
 
-def build_request(calls: list[dict[str, Any]], registry: ToolRegistry, policy: Policy) -> ReviewRequest:
+def build_request(
+    calls: list[dict[str, Any]],
+    registry: ToolRegistry,
+    policy: Policy,
+    assessments: dict[str, dict[str, Any]] | None = None,
+) -> ReviewRequest:
     actions: list[ActionRequest] = []
     configs: list[ReviewConfig] = []
     for call in calls:
         tool = registry.get(call["name"])
-        actions.append(
-            {
-                "name": call["name"],
-                "args": call["args"],
-                "description": f"{call['name']}({summarize_args(call['args'])})",
-                "tool_call_id": call["id"],
-            }
-        )
+        action: ActionRequest = {
+            "name": call["name"],
+            "args": call["args"],
+            "description": f"{call['name']}({summarize_args(call['args'])})",
+            "tool_call_id": call["id"],
+        }
+        facts = ((assessments or {}).get(call["id"]) or {}).get("facts")
+        if facts:
+            action["facts"] = list(facts)
+        actions.append(action)
         configs.append(
             {
                 "action_name": call["name"],

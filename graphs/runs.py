@@ -3,7 +3,9 @@
 This is the one seam between the agent graph and any chat surface. It knows nothing of Slack: callers
 pass a ``thread_id`` and an ``on_event`` callback and get ``RunEvent``s back. Every operation that
 moves a thread forward holds the thread's Redis lock and re-reads the checkpoint inside it, so two
-processes answering the same review at once cannot both run it.
+processes answering the same review at once cannot both run it. A process that cannot keep that lock
+(Redis unreachable, or the lock gone) stops the run before the lock can pass to anyone else and raises
+LockLost; the run stays marked running, and any replica's sweeper carries it on from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -22,13 +24,22 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command, StateSnapshot
 from redis.asyncio import Redis
 
-from .agent import last_ai_message, message_text
-from .errors import ChatOpsError, NotPending, RunPaused, UnknownCheckpoint, UnknownRun
+from .agent import ASSESS_TIMEOUT_S, last_ai_message, message_text, proposed_outcomes
+from .errors import (
+    ChatOpsError,
+    InvalidArguments,
+    LockLost,
+    NotPending,
+    RunPaused,
+    UnknownCheckpoint,
+    UnknownRun,
+)
 from .locks import ThreadLocks
 from .policy import Policy
 from .review import check_response
 from .tools import ToolRegistry, summarize_args
 from .types import (
+    Assessment,
     Cancelled,
     CheckpointInfo,
     Decision,
@@ -63,16 +74,18 @@ class Runs:
         prefix: str = "chatops:",
         ttl_s: int = 7 * 24 * 3600,
         recursion_limit: int = 60,
+        lock_ttl_ms: int = 15_000,
     ) -> None:
         self.graph = graph
         self.registry = registry
         self.policy = policy
         self.redis = redis
-        self.locks = ThreadLocks(redis, prefix=f"{prefix}lock:")
+        self.locks = ThreadLocks(redis, prefix=f"{prefix}lock:", ttl_ms=lock_ttl_ms)
         self._prefix = prefix
         self._ttl_s = ttl_s
         self._recursion_limit = recursion_limit
         self._active: dict[str, asyncio.Task[Any]] = {}
+        self._abandoned: set[asyncio.Task[Any]] = set()  # graphs stopped for a lost lock, still flushing writes
 
     # --- keys -------------------------------------------------------------------------------
 
@@ -137,14 +150,35 @@ class Runs:
             if pending is None or pending.interrupt_id != interrupt_id:
                 raise NotPending(f"that review of thread {thread_id} is no longer pending (already decided or replaced)")
             checked = check_response(pending.request, {"decisions": decisions}, self.registry)
+            for decision in checked:
+                if decision["type"] == "edit":
+                    await self.check_edit(decision["edited_action"]["name"], decision["edited_action"]["args"])
             answer: dict[str, Any] = {"decisions": checked}
             if decided_by:
                 answer["decided_by"] = decided_by
+            # Marked running before the review leaves the pending index, so if this process stops right here the
+            # sweeper still finds the thread (recover() puts a review that was never answered back as pending).
+            await self.redis.zadd(self._running_index, {thread_id: time.time()})
             await self._clear_pending(thread_id)
             await self._set_run(thread_id, status="running")
             await _safe_emit(on_event)(ReviewDecided(thread_id, interrupt_id, pending.request, checked, decided_by))
             command = Command(resume={interrupt_id: answer})
             return await self._drive(thread_id, command, self._config(thread_id), on_event)
+
+    async def check_edit(self, name: str, args: Any) -> dict[str, Any]:
+        """Edited arguments as the tool will get them: checked against its schema, then by the tool's own check
+        (where a URL or a channel really points); an edit the check refuses raises InvalidArguments."""
+        checked = self.registry.validate_args(name, args)
+        assess = self.registry.get(name).assess
+        if assess is not None:
+            try:
+                found = await asyncio.wait_for(assess(checked), ASSESS_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                found = Assessment("deny", reason="it could not be checked in time")
+            if found.mode == "deny":
+                field = found.field if found.field in checked else next(iter(checked), "args")
+                raise InvalidArguments(name, {field: found.reason})
+        return checked
 
     async def rewind(
         self,
@@ -244,7 +278,8 @@ class Runs:
             if snapshot.interrupts or not snapshot.next or await self.redis.exists(self._cancel_key(thread_id)):
                 await self.redis.zrem(self._running_index, thread_id)
                 if snapshot.interrupts:
-                    await self._settle(thread_id, _safe_emit(None))
+                    # It paused before its process could say so: say it now, so the card gets posted.
+                    await self._settle(thread_id, _safe_emit(on_event))
                 return None
             log.warning("recovering run %s from its last checkpoint (next: %s)", thread_id, ", ".join(snapshot.next))
             await self._set_run(thread_id, status="running", recovered_at=time.time())
@@ -290,8 +325,19 @@ class Runs:
     async def _drive(self, thread_id: str, graph_input: Any, config: dict[str, Any], on_event: OnEvent | None) -> RunResult:
         # Marked as running until it stops here; if this process dies (or shuts down) first, the mark
         # outlives the thread's lock and recover() picks the run up from its last checkpoint.
-        await self.redis.zadd(self._running_index, {thread_id: time.time()})
-        result = await self._drive_once(thread_id, graph_input, config, on_event)
+        # So does a run this process stopped because it lost the thread's lock: it is neither failed nor
+        # cancelled, and stays marked running for whichever replica's sweeper gets the lock next.
+        try:
+            await self.redis.zadd(self._running_index, {thread_id: time.time()})
+            result = await self._drive_once(thread_id, graph_input, config, on_event)
+        except asyncio.CancelledError:
+            reason = self.locks.stop_reason()
+            if reason is not None:
+                _log_lock_lost(thread_id, reason)
+            raise
+        except LockLost as exc:
+            _log_lock_lost(thread_id, str(exc))
+            raise
         await self.redis.zrem(self._running_index, thread_id)
         return result
 
@@ -303,14 +349,18 @@ class Runs:
         self._active[thread_id] = stream
         watcher = asyncio.create_task(self._watch_cancel(thread_id, stream))
         try:
-            await stream
+            await self._graph_done(stream)
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
-                raise  # we ourselves are being cancelled, not just the run
+                # We ourselves are being cancelled, not just the run: shutting down, or stopped by our
+                # lock's keeper because the thread's lock was lost (hold() raises LockLost). Not a user cancel.
+                raise
             by = await self.redis.get(self._cancel_key(thread_id))
             await emit(Cancelled(thread_id, by=None if by in (None, "-") else by))
             return RunResult(thread_id, "cancelled")
+        except LockLost:
+            raise  # not a failure of the run: another replica carries it on (see _drive)
         except Exception as exc:  # noqa: BLE001 - a failed run is reported, not raised into the chat surface
             log.exception("run of thread %s failed", thread_id)
             error = f"{exc.__class__.__name__}: {exc}"
@@ -321,6 +371,25 @@ class Runs:
             watcher.cancel()
             self._active.pop(thread_id, None)
         return await self._settle(thread_id, emit)
+
+    async def _graph_done(self, stream: asyncio.Task[None]) -> None:
+        """``await stream``, except when this task is stopped because it lost the thread's lock: then the graph is
+        cancelled (its node stops at once) but waited for only briefly, since its last checkpoint writes may hang
+        on the very Redis that cost us the lock; they finish or fail in the background, where nothing waits."""
+        try:
+            await asyncio.wait([stream])
+        except asyncio.CancelledError:
+            stream.cancel()
+            if self.locks.stop_reason() is None:
+                await asyncio.wait([stream])  # shutting down: let the graph save what it has
+            else:
+                await asyncio.wait([stream], timeout=self.locks.margin_s / 2)
+                if not stream.done():
+                    self._abandoned.add(stream)
+                    stream.add_done_callback(self._abandoned.discard)
+                    stream.add_done_callback(lambda task: task.cancelled() or task.exception())
+            raise
+        stream.result()
 
     async def _stream(self, thread_id: str, graph_input: Any, config: dict[str, Any], emit: OnEvent) -> None:
         # durability="sync": the checkpoint (with its pending interrupt) is in Redis before we report a
@@ -350,9 +419,11 @@ class Runs:
             messages = chunk["planner"].get("messages", [])
             ai = messages[-1] if messages else None
             if isinstance(ai, AIMessage) and ai.tool_calls:
+                outcomes = proposed_outcomes(
+                    ai.tool_calls, self.registry, self.policy, chunk["planner"].get("assessments") or {}
+                )
                 calls = [
-                    {**call, "mode": self.policy.mode(call["name"]) if call["name"] in self.registry else "deny"}
-                    for call in ai.tool_calls
+                    {**call, "mode": outcomes[call["id"]][0], "why": outcomes[call["id"]][1]} for call in ai.tool_calls
                 ]
                 return [ToolProposed(thread_id, calls)]
         return []
@@ -405,6 +476,13 @@ class Runs:
             pipe.hset(key, mapping={**{k: "" if v is None else v for k, v in fields.items()}, "updated_at": time.time()})
             pipe.expire(key, self._ttl_s)
             await pipe.execute()
+
+
+def _log_lock_lost(thread_id: str, reason: str) -> None:
+    log.warning(
+        "stopped driving run %s (%s); it stays marked running, to be carried on from its last checkpoint "
+        "once the lock expires", thread_id, reason,
+    )
 
 
 def _safe_emit(on_event: OnEvent | None) -> OnEvent:

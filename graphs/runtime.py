@@ -15,10 +15,13 @@ from .agent import build_graph
 from .builtin_tools import BUNDLED_RUNBOOKS, PostMessage, build_registry
 from .embedded_redis import EmbeddedRedis
 from .ledger import RedisLedger
+from .outbound import HttpAllowlist, OutboundGuard
 from .planner import make_model
 from .policy import Policy
+from .redaction import Redactor
 from .runs import Runs
 from .settings import CoreSettings
+from .tools import Assess
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +53,11 @@ async def open_runtime(
     settings: CoreSettings | None = None,
     *,
     post_message: PostMessage | None = None,
+    assess_post: Assess | None = None,
     policy: Policy | None = None,
 ) -> AsyncIterator[Runtime]:
+    """Everything a run needs. ``post_message``/``assess_post``: the chat surface's side of the post_message
+    tool (posting, and saying where a post goes and whom it notifies before anyone approves it)."""
     settings = settings or CoreSettings.from_env()
     embedded = None
     redis_url = settings.redis_url
@@ -59,11 +65,19 @@ async def open_runtime(
         embedded = EmbeddedRedis(settings.data_dir / "redis").start()
         redis_url = embedded.url
         log.info("started embedded Redis on %s (data in %s)", redis_url, settings.data_dir / "redis")
-    redis = Redis.from_url(redis_url, decode_responses=True)
+    # Bounded: a Redis that stops answering fails a call in seconds instead of hanging a click forever.
+    redis = Redis.from_url(redis_url, decode_responses=True, socket_timeout=10, socket_connect_timeout=5)
     saver = await open_saver(redis_url, settings.ttl_minutes)
     try:
         runbooks = settings.runbooks_dir or BUNDLED_RUNBOOKS
-        registry = build_registry(runbooks, post_message, runbook_timeout_s=settings.runbook_timeout_s)
+        registry = build_registry(
+            runbooks,
+            post_message,
+            runbook_timeout_s=settings.runbook_timeout_s,
+            runbook_env=settings.runbook_env,
+            guard=OutboundGuard(HttpAllowlist.parse(settings.http_allow)),  # a bad entry stops start-up (ConfigError)
+            assess_post=assess_post,
+        )
         policy = policy or Policy.from_env()
         ttl_s = settings.ttl_minutes * 60
         graph = build_graph(
@@ -72,6 +86,7 @@ async def open_runtime(
             policy,
             checkpointer=saver,
             ledger=RedisLedger(redis, prefix=f"{settings.key_prefix}exec:", ttl_s=ttl_s),
+            redactor=Redactor(settings.secrets, {str(runbooks.resolve()): "runbooks"}),
         )
         runs = Runs(graph, registry, policy, redis, prefix=settings.key_prefix, ttl_s=ttl_s)
         yield Runtime(settings, runs, redis, redis_url, embedded)

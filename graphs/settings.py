@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError
+from .redaction import child_env, secret_values
 
 DEFAULT_MODEL = "gpt-4.1-mini"
 
@@ -24,6 +25,12 @@ class CoreSettings:
     runbook_timeout_s: float = 60.0
     health_url: str | None = None  # what the offline planner checks when a request says "API" without a URL
     key_prefix: str = "chatops:"  # two deployments sharing one Redis need different prefixes
+    # The whole environment a runbook starts with: PATH, HOME, LANG, LC_ALL, TZ and the names listed in
+    # CHATOPS_RUNBOOK_ENV, never the bot's own tokens.
+    runbook_env: dict[str, str] = field(default_factory=lambda: child_env(os.environ))
+    # Every secret value the bot holds (tokens, keys, passwords in URLs): replaced in tool output.
+    secrets: frozenset[str] = frozenset()
+    http_allow: str = ""  # CHATOPS_HTTP_ALLOW: internal targets tools may reach (hosts, CIDRs, URL prefixes)
 
     @property
     def model_configured(self) -> bool:
@@ -56,4 +63,7 @@ class CoreSettings:
             runbook_timeout_s=number("CHATOPS_RUNBOOK_TIMEOUT", 60.0),
             health_url=env.get("CHATOPS_HEALTH_URL") or None,
             key_prefix=env.get("CHATOPS_KEY_PREFIX") or "chatops:",
+            runbook_env=child_env(env, (env.get("CHATOPS_RUNBOOK_ENV") or "").replace(",", " ").split()),
+            secrets=frozenset(secret_values(env)),
+            http_allow=env.get("CHATOPS_HTTP_ALLOW") or "",
         )

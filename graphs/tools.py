@@ -4,21 +4,42 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.tools import BaseTool, StructuredTool
 from pydantic import ValidationError
 
+from .display import summary
 from .errors import InvalidArguments
+from .types import Assessment
 
 DEFAULT_TIMEOUT_S = 30.0
+# Arguments longer than this cannot be reviewed by a person in any reasonable way: such a call is refused
+# before it reaches a card (the model is told), so a card can always show every value in full on request.
+MAX_ARGS_CHARS = 20_000
+
+Assess = Callable[[dict[str, Any]], Awaitable[Assessment]]
+
+
+@dataclass(frozen=True)
+class CallContext:
+    """What a tool may know about the call it is running as (set by the execute step around each call)."""
+
+    reviewed: bool = False  # a person approved or edited this very call; False for calls policy let run alone
+
+
+CURRENT_CALL: ContextVar[CallContext] = ContextVar("chatops_current_call", default=CallContext())
 
 
 @dataclass(frozen=True)
 class RegisteredTool:
     tool: BaseTool
     timeout_s: float
+    # The tool's own check of a proposed call (e.g. where a URL really points), run before review; it can
+    # only make a call stricter than its policy. None: policy alone decides.
+    assess: Assess | None = None
 
     @property
     def name(self) -> str:
@@ -43,10 +64,11 @@ class ToolRegistry:
         name: str | None = None,
         description: str | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        assess: Assess | None = None,
     ) -> RegisteredTool:
         """Register an async function; its type hints become the argument schema, its docstring the description."""
         tool = StructuredTool.from_function(coroutine=fn, name=name or fn.__name__, description=description)
-        registered = RegisteredTool(tool, timeout_s)
+        registered = RegisteredTool(tool, timeout_s, assess)
         self._tools[tool.name] = registered
         return registered
 
@@ -89,14 +111,13 @@ class ToolRegistry:
         extra = set(args) - allowed
         if extra:
             raise InvalidArguments(name, {k: "unexpected argument" for k in sorted(extra)})
+        size = len(json.dumps(args, ensure_ascii=False, default=str))
+        if size > MAX_ARGS_CHARS:
+            raise InvalidArguments(name, {"args": f"{size:,} characters of arguments are too many for a person to "
+                                                  f"review (at most {MAX_ARGS_CHARS:,}); split the work"})
         return {k: v for k, v in model.model_dump().items() if k in allowed}
 
 
 def summarize_args(args: dict[str, Any], limit: int = 200) -> str:
-    """A one-line, human-readable rendering of tool arguments: `channel=#ops, text="…"`."""
-    parts = []
-    for key, value in args.items():
-        shown = value if isinstance(value, str) and " " not in value and value else json.dumps(value)
-        parts.append(f"{key}={shown}")
-    text = ", ".join(parts)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    """A one-line, human-readable rendering of tool arguments: `channel=#ops, text="…"`, every value visible."""
+    return summary(args, limit)

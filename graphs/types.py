@@ -21,6 +21,7 @@ class ActionRequest(TypedDict):
     args: dict[str, Any]
     description: str
     tool_call_id: str
+    facts: NotRequired[list[str]]  # what the tool's own check found, for the reviewer (e.g. a resolved address)
 
 
 class ReviewConfig(TypedDict):
@@ -51,6 +52,35 @@ class Decision(TypedDict):
 class ReviewResponse(TypedDict):
     decisions: list[Decision]
     decided_by: NotRequired[str]
+
+
+MODE_ORDER: dict[ToolMode, int] = {"auto": 0, "ask": 1, "deny": 2}
+
+
+def strictest(*modes: ToolMode) -> ToolMode:
+    """The most restrictive of several modes: a tool's own check can tighten policy, never loosen it."""
+    return max(modes, key=MODE_ORDER.__getitem__)
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """What a tool's own check says about one proposed call before anyone reviews it.
+
+    Policy gives a tool a mode; an assessment can only make a call stricter (an allowlisted URL may run
+    unreviewed, a public one needs a person, an internal one must not run at all).
+    """
+
+    mode: ToolMode  # auto: may run unreviewed; ask: needs a person; deny: must not run
+    facts: tuple[str, ...] = ()  # what a reviewer must see to know what will happen
+    reason: str = ""  # for deny: why, in words the model and the people in the thread read
+    field: str = ""  # for deny: the argument at fault, so an edit dialog can show the error beside it
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "facts": list(self.facts), "reason": self.reason, "field": self.field}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Assessment":
+        return cls(data["mode"], tuple(data.get("facts") or ()), data.get("reason") or "", data.get("field") or "")
 
 
 def approve() -> Decision:

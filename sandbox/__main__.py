@@ -29,7 +29,8 @@ BOT_TOKEN = "xoxb-sandbox-local"
 MODEL_VARS = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "CHATOPS_MODEL")
 # Settings of the bot that make sense in the sandbox too; anything Slack-specific is the sandbox's to set.
 PASSED_THROUGH = (*MODEL_VARS, "CHATOPS_RUNBOOKS_DIR", "CHATOPS_HEALTH_URL", "CHATOPS_RUNBOOK_TIMEOUT",
-                  "CHATOPS_TTL_MINUTES", "CHATOPS_POLICY_FILE", "CHATOPS_EXPIRES_AFTER", "LOG_LEVEL")
+                  "CHATOPS_TTL_MINUTES", "CHATOPS_POLICY_FILE", "CHATOPS_EXPIRES_AFTER", "CHATOPS_HTTP_ALLOW",
+                  "CHATOPS_RUNBOOK_ENV", "LOG_LEVEL")
 # Alice asks and administers, Bob approves, Carol may not approve: enough people to try every permission rule.
 APPROVERS = "U0ALICE U0BOB"
 ADMINS = "U0ALICE"

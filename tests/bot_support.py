@@ -102,6 +102,12 @@ class Thread:
         return self.progress()  # type: ignore[return-value]
 
 
+def card_value(card: dict[str, Any]) -> str:
+    """What the card's buttons carry: ``<run id>:<interrupt id>``."""
+    return next(e["value"] for b in card["blocks"] if b.get("type") == "actions" for e in b["elements"]
+                if e.get("action_id") == "approve")
+
+
 def checkbox_block(card: dict[str, Any]) -> tuple[str, str]:
     for block in card["blocks"]:
         for element in block.get("elements") or []:

@@ -140,5 +140,25 @@ def slack() -> Iterator[LocalSlack]:
 
 
 @pytest.fixture
+def start(slack, env, tmp_path):  # noqa: ANN001, ANN201 - env: the test module's bot environment
+    """Start the real bot (``start(**extra_env)``), as often as a test needs; each is stopped cleanly after it
+    and its log must be free of tracebacks."""
+    from .bot_support import start_bot
+
+    started = []
+
+    def start_with(**extra: str):  # noqa: ANN202
+        process = start_bot(slack, {**env, **extra}, tmp_path / f"bot{len(started)}.log")
+        started.append(process)
+        return process
+
+    yield start_with
+    for process in started:
+        if process.running:
+            assert process.stop() == 0
+        assert "Traceback" not in process.log(), process.log()[-3000:]
+
+
+@pytest.fixture
 def thread_id() -> str:
     return f"test-{uuid.uuid4().hex[:12]}"

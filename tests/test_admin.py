@@ -21,11 +21,11 @@ from .bot_support import (
     TASK,
     all_text,
     bot_env,
+    card_value,
     checkbox_block,
     header_of,
     mention,
     script_three_calls,
-    start_bot,
 )
 from .test_bot import deliver_click
 
@@ -38,21 +38,6 @@ def env(slack, redis_url, model, runbooks):
     return bot_env(slack, redis_url, model.base_url, runbooks.dir, CHATOPS_ADMINS=ADMIN)
 
 
-@pytest.fixture
-def start(slack, env, tmp_path):
-    started = []
-
-    def start_with(**extra: str):
-        process = start_bot(slack, {**env, **extra}, tmp_path / f"bot{len(started)}.log")
-        started.append(process)
-        return process
-
-    yield start_with
-    for process in started:
-        assert process.stop() == 0
-        assert "Traceback" not in process.log(), process.log()[-3000:]
-
-
 async def chatops(slack: LocalSlack, user: str, text: str) -> str:
     answer = await slack.slash_command(user, OPS, "/chatops", text)
     assert answer.status == 200, answer.body
@@ -60,9 +45,7 @@ async def chatops(slack: LocalSlack, user: str, text: str) -> str:
 
 
 def run_id_of(card: dict) -> str:
-    value = next(e["value"] for b in card["blocks"] if b.get("type") == "actions" for e in b["elements"]
-                 if e.get("action_id") == "approve")
-    return value.split(":")[0]
+    return card_value(card).split(":")[0]
 
 
 def audit_export(env: dict, run_id: str) -> list[dict]:

@@ -45,6 +45,15 @@ def script_ops_task(model, health_url: str, *, extra_calls: list | None = None) 
     )
 
 
+@pytest.fixture
+async def runtime(redis_url, model, runbooks, outbox, health_url):
+    """The shared runtime, with the local health service (on 127.0.0.1, so internal) in CHATOPS_HTTP_ALLOW:
+    these scenarios check it as a trusted endpoint, which only an allowlist entry permits."""
+    settings = settings_for(redis_url, model, runbooks, http_allow=f"{health_url}/")
+    async with open_runtime(settings, post_message=outbox) as rt:
+        yield rt
+
+
 class Recorder:
     def __init__(self) -> None:
         self.events: list[RunEvent] = []

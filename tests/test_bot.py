@@ -47,7 +47,7 @@ async def test_approver_ticks_two_of_three_calls_and_only_those_run(slack, bot, 
 
     card = await thread.wait_card()
     text = all_text(card)
-    assert f"<@{REQUESTER}> asked: {TASK}" in text
+    assert f"<@{REQUESTER}> asked:\n{TASK}" in text
     assert "run_runbook" in text and "disk-usage" in text and "post_message" in text
     assert [e["action_id"] for e in card["blocks"][-2]["elements"]] == ["approve", "reject", "edit"]
     progress = await thread.wait_progress("Waiting for approval")  # an edit, delivered right after the card
@@ -68,8 +68,8 @@ async def test_approver_ticks_two_of_three_calls_and_only_those_run(slack, bot, 
     decided = await thread.wait_decided(card["ts"])
     assert header_of(decided) == "Approval decided"
     decided_text = all_text(decided)
-    assert "disk-usage — :white_check_mark: approved" in decided_text
-    assert "record — :x: rejected" in decided_text
+    assert "1. run_runbook — ✅ approved\nname: disk-usage" in decided_text
+    assert "2. run_runbook — ❌ rejected (not ticked by the approver)\nname: record" in decided_text
     assert f"<@{APPROVER}>" in decided_text and "2 of 3 allowed" in decided_text
     assert not any(b.get("type") == "actions" for b in decided["blocks"])  # buttons gone
     assert "record — rejected" in all_text(done) or "rejected" in all_text(done)
@@ -194,7 +194,8 @@ async def test_edit_dialog_shows_field_errors_then_runs_the_edited_call(slack, b
     assert len(runbooks.executions("disk-usage")) == 1 and runbooks.executions("record") == []
     assert [m["text"] for m in slack.messages(alerts)] == ["edited"]
     decided = all_text(await thread.wait_decided(card["ts"]))
-    assert ":pencil2: edited to channel=#ops-alerts, text=edited" in decided and "record — :x: rejected" in decided
+    assert "3. post_message — ✏️ edited, now runs with:\nchannel: #ops-alerts\ntext: edited" in decided
+    assert "2. run_runbook — ❌ rejected (unticked in the edit dialog)\nname: record" in decided
 
 
 async def test_a_double_click_runs_the_calls_once(slack, bot, model, runbooks):

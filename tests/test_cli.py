@@ -22,8 +22,8 @@ def test_terminal_demo_asks_before_running_and_reports(redis_url, runbooks, tmp_
     assert done.returncode == 0, done.stderr[-2000:]
     out = done.stdout
     assert "[offline planner: no model configured]" in out
-    assert "1. run_runbook(name=disk-usage)" in out
+    assert "1. run_runbook\n     name: disk-usage\n" in out  # each value whole, on its own line
     assert "run_runbook ok" in out and "/ 42% used" in out
-    assert "1. post_message(channel=#ops" in out
+    assert "1. post_message\n     channel: #ops\n" in out
     assert "post_message: failed: Rejected by terminal" in out and "not now" in out
     assert len(runbooks.executions("disk-usage")) == 1

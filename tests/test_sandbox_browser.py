@@ -199,16 +199,16 @@ def test_a_person_asks_approves_edits_and_lists_pending_in_the_browser(sandbox, 
         card_ts = card.get_attribute("data-ts")
         shots("approval-card")
 
-        # Alice may not approve her own run: the refusal is an ephemeral only she sees.
+        # Alice may not approve her own run: the refusal is an ephemeral only she sees, in the thread she clicked in.
         card.locator("button", has_text="Approve selected").click()
-        refusal = page.locator("#messages .msg.ephemeral")
+        refusal = thread.locator(".msg.ephemeral")
         expect(refusal).to_contain_text("someone else has to approve")
         expect(refusal).to_contain_text("Only visible to you")
         shots("requester-refused")
 
         # Bob, an approver, unticks memory-usage and approves the rest.
         page.select_option("#acting-user", "U0BOB")
-        expect(page.locator("#messages .msg.ephemeral")).to_have_count(0)  # Alice's ephemeral is hers alone
+        expect(thread.locator(".msg.ephemeral")).to_have_count(0)  # Alice's ephemeral is hers alone
         card = thread.locator(f".msg[data-ts='{card_ts}']")
         boxes = card.locator("input[data-act='tick']")
         expect(boxes.nth(0)).to_be_checked()

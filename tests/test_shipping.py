@@ -25,6 +25,9 @@ METHOD_SCOPES = {
     "views.open": None,
     "chat.getPermalink": None,
     "usergroups.users.list": "usergroups:read",
+    # Which channel a post_message argument really names (private ones need groups:read too).
+    "conversations.info": "channels:read",
+    "conversations.list": "channels:read",
 }
 
 
@@ -35,7 +38,7 @@ def test_the_manifest_declares_what_the_bot_uses():
     assert "/chatops" in commands and len("/chatops") <= 32
     scopes = set(manifest["oauth_config"]["scopes"]["bot"])
     assert {s for s in METHOD_SCOPES.values() if s} <= scopes
-    assert {"app_mentions:read", "commands", "im:history"} <= scopes
+    assert {"app_mentions:read", "commands", "im:history", "groups:read"} <= scopes
     assert {"app_mention", "message.im"} <= set(manifest["settings"]["event_subscriptions"]["bot_events"])
     assert manifest["settings"]["interactivity"]["is_enabled"] is True
     assert manifest["settings"]["socket_mode_enabled"] is True

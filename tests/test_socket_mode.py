@@ -19,7 +19,18 @@ from slack_sdk.web.async_client import AsyncWebClient
 from sandbox.processes import BotProcess
 from sandbox.slack import LocalSlack
 
-from .bot_support import APPROVER, OPS, REQUESTER, SECRET, TASK, all_text, bot_env, header_of, mention, script_three_calls
+from .bot_support import (
+    APPROVER,
+    OPS,
+    REQUESTER,
+    SECRET,
+    TASK,
+    all_text,
+    bot_env,
+    header_of,
+    mention,
+    script_three_calls,
+)
 
 APP_TOKEN = "xapp-test"
 BOT_TOKEN = "xoxb-test"
@@ -229,7 +240,7 @@ async def test_the_bot_in_socket_mode_end_to_end(slack: LocalSlack, bot: BotProc
     script_three_calls(model)
     thread = await mention(slack, TASK)
     card = await thread.wait_card()
-    assert f"<@{REQUESTER}> asked: {TASK}" in all_text(card)
+    assert f"<@{REQUESTER}> asked:\n{TASK}" in all_text(card)
     click = await slack.click_button(APPROVER, OPS, card["ts"], "approve")
     assert (click.status, click.transport) == (200, "socket") and click.latency_ms < 3000
 

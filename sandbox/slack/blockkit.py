@@ -189,6 +189,46 @@ def _block(block: Any, pointer: str, ids: _Ids) -> Iterator[str]:
     elif kind == "input":
         yield from _text_object(block.get("label"), MAX_INPUT_LABEL, f"{pointer}/label", plain_only=True)
         yield from _element(block.get("element"), f"{pointer}/element", ids)
+    elif kind == "rich_text":
+        yield from _rich_text(block.get("elements"), f"{pointer}/elements")
+
+
+RICH_TEXT_CONTAINERS = frozenset({"rich_text_section", "rich_text_preformatted", "rich_text_quote", "rich_text_list"})
+RICH_TEXT_INLINE = {  # element type -> the fields it must carry
+    "text": ("text",), "link": ("url",), "user": ("user_id",), "channel": ("channel_id",), "emoji": ("name",),
+    "usergroup": ("usergroup_id",), "broadcast": ("range",), "date": ("timestamp", "format"), "color": ("value",),
+}
+
+
+def _rich_text(containers: Any, pointer: str) -> Iterator[str]:
+    """rich_text: a list of sections/lists/preformatted/quotes, each holding typed inline elements."""
+    if not isinstance(containers, list) or not containers:
+        yield _msg("must provide elements", pointer)
+        return
+    for i, container in enumerate(containers):
+        p = f"{pointer}/{i}"
+        kind = container.get("type") if isinstance(container, dict) else None
+        if kind not in RICH_TEXT_CONTAINERS:
+            yield _msg(f"unsupported type: {kind}", f"{p}/type")
+            continue
+        inner = container.get("elements")
+        if not isinstance(inner, list):
+            yield _msg("must provide elements", f"{p}/elements")
+            continue
+        if kind == "rich_text_list":
+            yield from _rich_text(inner, f"{p}/elements")
+            continue
+        for j, element in enumerate(inner):
+            q = f"{p}/elements/{j}"
+            etype = element.get("type") if isinstance(element, dict) else None
+            if etype not in RICH_TEXT_INLINE:
+                yield _msg(f"unsupported type: {etype}", f"{q}/type")
+                continue
+            for required in RICH_TEXT_INLINE[etype]:
+                if required not in element:
+                    yield _msg(f"must provide {required}", f"{q}/{required}")
+            if etype == "text" and not (isinstance(element.get("text"), str) and element["text"]):
+                yield _msg("must be a non-empty string", f"{q}/text")
 
 
 def block_problems(blocks: Any, max_blocks: int, pointer: str = "/blocks") -> list[str]:

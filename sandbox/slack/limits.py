@@ -34,13 +34,15 @@ DEFAULT_LIMITS: dict[str, int] = {
 
 @dataclass
 class Fault:
-    """An injected failure: the next `times` calls to `method` ("*" = any) answer `status`."""
+    """An injected failure: the next `times` calls to `method` ("*" = any) answer `status`; with `when`, only
+    calls whose parameters it accepts (e.g. only posts of an approval card) count."""
 
     method: str
     status: int = 429
     retry_after: int = 1
     times: int = 1
     error: str | None = None
+    when: Callable[[Mapping[str, object]], bool] | None = None
 
 
 @dataclass(frozen=True)
@@ -91,8 +93,9 @@ class Limiter:
             self._attempts.clear()
             self._peak.clear()
 
-    def check(self, method: str) -> Verdict:
-        """Account one call to `method` and decide whether it goes through."""
+    def check(self, method: str, params: Mapping[str, object] | None = None) -> Verdict:
+        """Account one call to `method` (with `params`, for faults that look at them) and decide whether it
+        goes through."""
         with self._lock:
             now = self._clock()
             attempts = self._attempts[method]
@@ -101,7 +104,7 @@ class Limiter:
             self._peak[method] = max(self._peak[method], len(attempts))
 
             for fault in self._faults:
-                if fault.times > 0 and fault.method in (method, "*"):
+                if fault.times > 0 and fault.method in (method, "*") and (fault.when is None or fault.when(params or {})):
                     fault.times -= 1
                     self._faults = [f for f in self._faults if f.times > 0]
                     if fault.status == 429:

@@ -202,9 +202,10 @@ class LocalSlack:
     # ------------------------------------------------------------------ faults and rate limits
 
     def inject_fault(self, method: str, status: int = 429, retry_after: int = 1, times: int = 1,
-                     error: str | None = None) -> None:
-        """Make the next `times` calls of `method` ("*" = any) fail with HTTP `status` (429 carries Retry-After)."""
-        self.limiter.inject(Fault(method, status, retry_after, times, error))
+                     error: str | None = None, when: Callable[[Mapping[str, Any]], bool] | None = None) -> None:
+        """Make the next `times` calls of `method` ("*" = any) fail with HTTP `status` (429 carries Retry-After);
+        `when` picks which calls count, by their parameters."""
+        self.limiter.inject(Fault(method, status, retry_after, times, error, when))
 
     def clear_faults(self) -> None:
         self.limiter.clear_faults()

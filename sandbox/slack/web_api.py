@@ -127,7 +127,7 @@ async def _api_call(ctx: ApiContext, request: web.Request) -> web.Response:
         if not token:
             raise SlackError("not_authed")
         _check_token(ctx, name, token)
-        verdict = ctx.limiter.check(name)
+        verdict = ctx.limiter.check(name, params)
         if verdict.status != 200:
             status = verdict.status
             if verdict.retry_after is not None:
@@ -299,6 +299,27 @@ def chat_get_permalink(ctx: ApiContext, params: JSON) -> JSON:
 @method("conversations.info")
 def conversations_info(ctx: ApiContext, params: JSON) -> JSON:
     return {"channel": ctx.workspace.channel(_req(params, "channel", "channel_not_found"))}
+
+
+@method("conversations.list")
+def conversations_list(ctx: ApiContext, params: JSON) -> JSON:
+    """Channels of the given types (public_channel, private_channel, im), paged by an opaque cursor as Slack does."""
+    types = {t.strip() for t in str(params.get("types") or "public_channel").split(",") if t.strip()}
+    try:
+        limit = max(1, min(1000, int(params.get("limit") or 100)))
+        start = int(params.get("cursor") or 0)
+    except (TypeError, ValueError):
+        raise SlackError("invalid_cursor") from None
+
+    def kind(channel: JSON) -> str:
+        if channel.get("is_im"):
+            return "im"
+        return "private_channel" if channel.get("is_private") else "public_channel"
+
+    found = [c for c in ctx.workspace.channels() if kind(c) in types]
+    page = found[start:start + limit]
+    more = start + limit < len(found)
+    return {"channels": page, "response_metadata": {"next_cursor": str(start + limit) if more else ""}}
 
 
 @method("conversations.history")
