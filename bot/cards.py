@@ -155,12 +155,16 @@ def _calls(ref: CardRef, actions: list[dict[str, Any]], budget: _Budget, *, show
         block, left_out = _call_block(n, action["name"], action["args"], call_facts(action), budget)
         blocks.append(block)
         if left_out and show_all:
-            blocks.append({
-                "type": "section",
-                "text": mrkdwn(f"Call {n} is shortened on this card ({left_out:,} characters left out)."),
-                "accessory": button("Show in full", f"{SHOW_ARGS_ACTION}_{n - 1}", ref.value),
-            })
+            blocks.append(_show_in_full(ref, n, left_out))
     return blocks
+
+
+def _show_in_full(ref: CardRef, n: int, left_out: int) -> Block:
+    return {
+        "type": "section",
+        "text": mrkdwn(f"Call {n} is shortened on this card ({left_out:,} characters left out)."),
+        "accessory": button("Show in full", f"{SHOW_ARGS_ACTION}_{n - 1}", ref.value),
+    }
 
 
 def approval_card(
@@ -196,7 +200,7 @@ def approval_card(
             button("Edit…", EDIT_ACTION, ref.value),
         ]
     else:
-        blocks += [section("*Proposed by the first approver:*"), *_decided_calls(request, proposal, budget)]
+        blocks += [section("*Proposed by the first approver:*"), *_decided_calls(request, proposal, budget, ref)]
         buttons = [
             button("Approve", APPROVE_ACTION, ref.value, "primary"),
             button("Reject…", REJECT_ACTION, ref.value, "danger"),
@@ -215,17 +219,24 @@ def approval_card(
     return text, fit_message(blocks, "Too many calls to show on one card: reject it and ask for fewer at a time.")
 
 
-def _decided_calls(request: ReviewRequest, decisions: list[Decision], budget: _Budget) -> list[Block]:
+def _decided_calls(request: ReviewRequest, decisions: list[Decision], budget: _Budget,
+                   ref: CardRef | None = None) -> list[Block]:
+    """Each call with its decision and the arguments it runs with (edited ones whole); with ``ref``, a call
+    shortened here gets a Show in full button (for later approvers of a proposal)."""
     blocks = []
     for n, (action, decision) in enumerate(zip(request["action_requests"], decisions), 1):
         mark = DECISION_MARK[decision["type"]]
         if decision["type"] == "edit":
             args = decision["edited_action"]["args"]
-            block, _ = _call_block(n, action["name"], args, call_facts(action, args), budget, f" — {mark}, now runs with:")
+            block, left_out = _call_block(n, action["name"], args, call_facts(action, args), budget,
+                                          f" — {mark}, now runs with:")
         else:
             reason = f" ({visible(decision['message'])})" if decision["type"] == "reject" and decision.get("message") else ""
-            block, _ = _call_block(n, action["name"], action["args"], call_facts(action), budget, f" — {mark}{reason}")
+            block, left_out = _call_block(n, action["name"], action["args"], call_facts(action), budget,
+                                          f" — {mark}{reason}")
         blocks.append(block)
+        if left_out and ref is not None and decision["type"] != "reject":
+            blocks.append(_show_in_full(ref, n, left_out))
     return blocks
 
 
@@ -266,15 +277,19 @@ def closed_card(ref: CardRef, request: ReviewRequest, *, title: str, reason: str
     return f"Run {ref.run_id}: {reason}", fit_message(blocks, "More calls than one message can show.")
 
 
-def args_modal(ref: CardRef, request: ReviewRequest, index: int) -> Block:
-    """Every argument value of one call, whole and exact (hidden characters made visible), for reading."""
+def args_modal(ref: CardRef, request: ReviewRequest, index: int, args: dict[str, Any] | None = None) -> Block:
+    """Every argument value of one call, whole and exact (hidden characters made visible), for reading.
+    ``args``: the arguments it runs with when they differ from the proposed ones (a first approver's edit)."""
     action = request["action_requests"][index]
+    edited = args is not None and args != action["args"]
+    shown_args = args if edited else action["args"]
     blocks: list[Block] = [section(f"Call {index + 1} of run `{ref.run_id}`: `{literal(action['name'])}`, exactly as "
-                                   "it will run. Hidden characters are shown by their code, e.g. ⟨U+202E⟩.")]
-    facts = call_facts(action)
+                                   f"it will run{' (as edited by the first approver)' if edited else ''}. Hidden "
+                                   "characters are shown by their code, e.g. ⟨U+202E⟩.")]
+    facts = call_facts(action, shown_args if edited else None)
     if facts:
         blocks.append(rich_text(*(rt_section(rt_text(f"↳ {visible(f)}", italic=True)) for f in facts)))
-    for key, value in action["args"].items():
+    for key, value in shown_args.items():
         blocks += [divider(), section(f"*{literal(str(key))}*")]
         text = visible(value_text(value))
         blocks += [{"type": "section", "text": plain(text[i:i + SECTION_TEXT - 100], SECTION_TEXT, emoji=False)}

@@ -22,7 +22,8 @@ REFRESH_ON_MISS_S = 30.0  # …or on a miss, at most this often (a channel creat
 MAX_PAGES = 50  # 50 pages of 200: 10,000 channels, a bound on the loop
 CHANNEL_MENTION = re.compile(r"<#([CG][A-Z0-9]+)(?:\|[^>]*)?>")
 CHANNEL_ID = re.compile(r"[CGD][A-Z0-9]{2,}")
-CHANNEL_NAME = re.compile(r"[a-z0-9][a-z0-9._\-]{0,79}")
+# What could be a channel name (Slack allows letters of any script); a look-alike simply names no channel.
+CHANNEL_NAME = re.compile(r"[^\s#<>|@,]{1,80}")
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ class Channels:
             return await self.by_id(mention.group(1))
         if CHANNEL_ID.fullmatch(ref):
             return await self.by_id(ref)
-        name = ref[1:] if ref.startswith("#") else ref
+        name = (ref[1:] if ref.startswith("#") else ref).lower()  # Slack's channel names are lower case
         if not CHANNEL_NAME.fullmatch(name):
             return None  # not a name Slack allows: nothing to look up
         if time.monotonic() - self._listed_at > CACHE_S:

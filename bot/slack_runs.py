@@ -517,8 +517,11 @@ class SlackRuns:
             await self._tell(click.channel, click.user, "That button is not one of mine; nothing was changed.",
                              click.thread_ts)
             return
+        proposal = await self.store.proposal(ref.run_id, ref.interrupt_id)
+        decision = json.loads(proposal)[index] if proposal is not None else None
+        args = decision["edited_action"]["args"] if decision and decision["type"] == "edit" else None
         try:
-            await self.client.views_open(trigger_id=click.trigger_id, view=args_modal(ref, pending.request, index))
+            await self.client.views_open(trigger_id=click.trigger_id, view=args_modal(ref, pending.request, index, args))
         except SlackApiError as exc:
             log.warning("could not open the arguments of run %s: %s", ref.run_id, exc.response.get("error"))
             await self._tell(click.channel, click.user, "Slack did not open the dialog in time; click the button again.",

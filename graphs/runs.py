@@ -75,6 +75,7 @@ class Runs:
         ttl_s: int = 7 * 24 * 3600,
         recursion_limit: int = 60,
         lock_ttl_ms: int = 15_000,
+        redact: Callable[[str], str] | None = None,
     ) -> None:
         self.graph = graph
         self.registry = registry
@@ -86,6 +87,7 @@ class Runs:
         self._recursion_limit = recursion_limit
         self._active: dict[str, asyncio.Task[Any]] = {}
         self._abandoned: set[asyncio.Task[Any]] = set()  # graphs stopped for a lost lock, still flushing writes
+        self._redact = redact or (lambda text: text)  # a run's error may quote a secret (a model server's answer)
 
     # --- keys -------------------------------------------------------------------------------
 
@@ -363,7 +365,7 @@ class Runs:
             raise  # not a failure of the run: another replica carries it on (see _drive)
         except Exception as exc:  # noqa: BLE001 - a failed run is reported, not raised into the chat surface
             log.exception("run of thread %s failed", thread_id)
-            error = f"{exc.__class__.__name__}: {exc}"
+            error = self._redact(f"{exc.__class__.__name__}: {exc}")
             await self._set_run(thread_id, status="failed", error=error[:2000])
             await emit(Failed(thread_id, error))
             return RunResult(thread_id, "failed", error=error)

@@ -80,15 +80,16 @@ async def open_runtime(
         )
         policy = policy or Policy.from_env()
         ttl_s = settings.ttl_minutes * 60
+        redactor = Redactor(settings.secrets, {str(runbooks.resolve()): "runbooks"})
         graph = build_graph(
             make_model(settings, runbooks),
             registry,
             policy,
             checkpointer=saver,
             ledger=RedisLedger(redis, prefix=f"{settings.key_prefix}exec:", ttl_s=ttl_s),
-            redactor=Redactor(settings.secrets, {str(runbooks.resolve()): "runbooks"}),
+            redactor=redactor,
         )
-        runs = Runs(graph, registry, policy, redis, prefix=settings.key_prefix, ttl_s=ttl_s)
+        runs = Runs(graph, registry, policy, redis, prefix=settings.key_prefix, ttl_s=ttl_s, redact=redactor)
         yield Runtime(settings, runs, redis, redis_url, embedded)
     finally:
         await saver.__aexit__(None, None, None)

@@ -192,8 +192,23 @@ async def test_the_card_shows_padded_bidi_and_mrkdwn_faking_values_as_they_are(s
     assert not [m for m in slack.messages(OPS) if m.get("user") == "U0BOT" and "Disk usage" in m.get("text", "")]
 
 
-async def test_a_long_value_is_marked_shortened_and_shown_whole_on_request(slack, start, model):
-    start()
+def dialog_values(view: dict[str, Any]) -> dict[str, str]:
+    """The "Show in full" dialog as read: each argument's name and its whole value."""
+    values: dict[str, str] = {}
+    name = None
+    for block in view["blocks"]:
+        if block["type"] == "section" and block["text"]["type"] == "mrkdwn" and block["text"]["text"].startswith("*"):
+            name = block["text"]["text"].strip("*")
+        elif block["type"] == "section" and block["text"]["type"] == "plain_text" and name:
+            assert block["text"].get("emoji") is False  # :codes: in a value stay text
+            values[name] = values.get(name, "") + block["text"]["text"]
+    return values
+
+
+async def test_a_long_value_is_marked_shortened_and_shown_whole_on_request(slack, start, model, tmp_path):
+    policy = tmp_path / "policy.yml"
+    policy.write_text("tools:\n  post_message: {mode: ask, required_approvals: 2}\n")
+    start(CHATOPS_POLICY_FILE=str(policy))
     body = "".join(f"line {n}: all quiet\n" for n in range(400)) + "THE END <!here>"
     propose(model, {"name": "post_message", "args": {"channel": "#ops", "text": body}})
     thread = await mention(slack, "post the long report")
@@ -205,17 +220,23 @@ async def test_a_long_value_is_marked_shortened_and_shown_whole_on_request(slack
     await slack.click_button(APPROVER, OPS, card["ts"], "show_args_0")
     await slack.wait_for(lambda: slack.views(APPROVER, open_only=True), timeout=10, description="the full arguments")
     view = slack.views(APPROVER, open_only=True)[-1]["view"]
-    values: dict[str, str] = {}
-    name = None
-    for block in view["blocks"]:
-        if block["type"] == "section" and block["text"]["type"] == "mrkdwn" and block["text"]["text"].startswith("*"):
-            name = block["text"]["text"].strip("*")
-        elif block["type"] == "section" and block["text"]["type"] == "plain_text" and name:
-            values[name] = values.get(name, "") + block["text"]["text"]
-    assert values == {"channel": "#ops", "text": body}  # every character, exactly (nothing hidden to escape)
-    assert all(b["text"].get("emoji") is False for b in view["blocks"]
-               if b["type"] == "section" and b["text"]["type"] == "plain_text")
+    assert dialog_values(view) == {"channel": "#ops", "text": body}  # every character, exactly
     assert header_of(slack.message(OPS, card["ts"])) == "Approval needed"  # reading changes nothing
+
+    # The first approver edits the text; the second approver reads the edited value whole before agreeing.
+    await slack.close_view(APPROVER, view["id"])
+    await slack.click_button(APPROVER, OPS, card["ts"], "edit")
+    await slack.wait_for(lambda: slack.views(APPROVER, open_only=True), timeout=10, description="the edit dialog")
+    edit = slack.views(APPROVER, open_only=True)[-1]["view"]
+    edited = body.replace("THE END", "THE REAL END")
+    await slack.submit_view(APPROVER, edit["id"], {"arg_0_text": {"arg_0_text": edited}})
+    await slack.wait_for(lambda: "Proposed by the first approver" in all_text(slack.message(OPS, card["ts"])),
+                         timeout=15, description="the card showing the proposal")
+    proposal = slack.message(OPS, card["ts"])
+    assert "Call 1 is shortened on this card" in all_text(proposal)
+    await slack.click_button(OTHER, OPS, card["ts"], "show_args_0")
+    await slack.wait_for(lambda: slack.views(OTHER, open_only=True), timeout=10, description="the edited arguments")
+    assert dialog_values(slack.views(OTHER, open_only=True)[-1]["view"]) == {"channel": "#ops", "text": edited}
 
 
 async def test_a_broadcast_allowed_by_policy_is_posted_and_the_card_warns(slack, start, model, tmp_path):
