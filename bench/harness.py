@@ -21,8 +21,7 @@ from typing import Any
 
 from graphs.embedded_redis import free_port
 from sandbox.processes import ROOT, BotProcess
-from sandbox.slack import LocalSlack
-from sandbox.slack.delivery import Delivery
+from sandbox.slack import Delivery, LocalSlack
 from sandbox.slack.reading import all_text, header_of
 
 SECRET = "bench-signing-secret"

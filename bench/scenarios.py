@@ -15,8 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from sandbox.slack import LocalSlack
-from sandbox.slack.delivery import Delivery
+from sandbox.slack import Delivery, LocalSlack
 
 from .harness import (
     APPROVER,

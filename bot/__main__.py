@@ -12,44 +12,50 @@ from aiohttp import web
 from slack_sdk.web.async_client import AsyncWebClient
 
 from graphs.errors import ConfigError
-from graphs.policy import Policy
 from graphs.runtime import open_runtime
 
-from .app import build_app
+from .app import Surface, build_app
+from .approvals import Approvals
 from .approvers import Approvers, Directory
 from .audit import AuditLog
 from .channels import Channels
 from .commands import Commands
+from .lifecycle import Lifecycle
 from .post_tool import PostTool
+from .run_messages import RunMessages
 from .server import web_app
 from .settings import BotSettings
-from .slack_runs import SlackRuns
+from .slack_io import SlackIO
 from .store import SlackStore
 from .updates import MessageUpdater
 
 log = logging.getLogger("bot")
 
 
-async def serve(settings: BotSettings, *, host: str) -> None:
+async def serve(settings: BotSettings) -> None:
     client = AsyncWebClient(token=settings.bot_token, base_url=settings.api_url)
-    policy = Policy.from_env()
+    policy = settings.core.policy
     post_tool = PostTool(client, Channels(client), lambda: policy.rule("post_message"))
 
-    async with open_runtime(settings.core, post_message=post_tool.post, assess_post=post_tool.assess,
-                            policy=policy) as runtime:
-        prefix = settings.core.key_prefix
-        updater = MessageUpdater(client, runtime.redis, per_minute=settings.update_budget_per_minute, prefix=prefix)
+    async with open_runtime(settings.core, post_message=post_tool.post, assess_post=post_tool.assess) as runtime:
+        keys = settings.core.keys
+        updater = MessageUpdater(client, runtime.redis, per_minute=settings.update_budget_per_minute, keys=keys)
         await updater.start()
-        store = SlackStore(runtime.redis, prefix=f"{prefix}slack:", ttl_s=settings.core.ttl_minutes * 60)
+        io = SlackIO(client)
+        store = SlackStore(runtime.redis, keys=keys, ttl_s=settings.core.ttl_minutes * 60)
+        audit = AuditLog(runtime.redis, keys=keys)
         directory = Directory(client)
-        approvers = Approvers(directory, settings.approvers, allow_self_approval=settings.allow_self_approval)
-        slack_runs = SlackRuns(runtime.runs, client, store, updater, approvers, AuditLog(runtime.redis, prefix=prefix))
-        app = build_app(settings, client, slack_runs, Commands(slack_runs, directory, settings.admins))
-        sweeper = asyncio.create_task(slack_runs.sweep(), name="sweeper")
+        approvers = Approvers(directory, settings.approvers, policy, allow_self_approval=settings.allow_self_approval)
+        messages = RunMessages(io, store, updater, runtime.runs, approvers, audit)
+        lifecycle = Lifecycle(io, store, runtime.runs, messages, audit)
+        approvals = Approvals(io, store, runtime.runs, approvers, audit, messages, lifecycle.expire)
+        commands = Commands(runtime.runs, store, lifecycle, audit, io, directory, settings.admins)
+        app = build_app(settings, client, Surface(io, store, lifecycle, approvals, commands))
+        sweeper = asyncio.create_task(lifecycle.sweep(), name="sweeper")
         mode = "socket" if settings.socket_mode else "http"
         runner = web.AppRunner(web_app(app, runtime.redis, mode=mode), access_log=None)
         await runner.setup()
-        await web.TCPSite(runner, host, settings.port).start()
+        await web.TCPSite(runner, settings.host, settings.port).start()
         socket_handler = None
         if settings.socket_mode:
             from slack_bolt.adapter.socket_mode.async_handler import (
@@ -58,9 +64,10 @@ async def serve(settings: BotSettings, *, host: str) -> None:
 
             socket_handler = AsyncSocketModeHandler(app, settings.app_token)
             await socket_handler.connect_async()
-            log.info("connected to Slack in Socket Mode; health check on http://%s:%d/healthz", host, settings.port)
+            log.info("connected to Slack in Socket Mode; health check on http://%s:%d/healthz", settings.host,
+                     settings.port)
         else:
-            log.info("listening on http://%s:%d/slack/events (HTTP mode)", host, settings.port)
+            log.info("listening on http://%s:%d/slack/events (HTTP mode)", settings.host, settings.port)
 
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -72,22 +79,18 @@ async def serve(settings: BotSettings, *, host: str) -> None:
             await socket_handler.close_async()
         await runner.cleanup()
         sweeper.cancel()
-        await slack_runs.close()
+        await io.close()
         await updater.close()
 
 
 def main() -> None:
-    logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        settings = BotSettings.from_env()
-        # Settings read while starting up (the policy file, CHATOPS_HTTP_ALLOW) stop it the same way.
-        asyncio.run(serve(settings, host=os.environ.get("HOST", "0.0.0.0")))
+        settings = BotSettings.from_env(os.environ)  # every setting, from this one mapping, checked here
     except ConfigError as exc:
         sys.exit(f"configuration error: {exc}")
-
+    logging.getLogger().setLevel(settings.log_level)
+    asyncio.run(serve(settings))
 
 if __name__ == "__main__":
     main()

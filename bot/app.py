@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -12,6 +13,7 @@ from slack_bolt import BoltResponse
 from slack_bolt.async_app import AsyncAck, AsyncApp
 from slack_sdk.web.async_client import AsyncWebClient
 
+from .approvals import Approvals, Click
 from .cards import (
     APPROVE_ACTION,
     EDIT_ACTION,
@@ -23,12 +25,24 @@ from .cards import (
     parse_reason,
 )
 from .commands import Commands
+from .errors import DialogRefused
+from .lifecycle import Lifecycle
 from .settings import BotSettings
-from .slack_runs import NOT_RECORDED, Click, SlackRuns, Where
+from .slack_io import NOT_RECORDED, SlackIO, Where
+from .store import SlackStore, ViewBinding
 
 log = logging.getLogger(__name__)
 
-DIALOG_REFUSED = "This dialog is not one I opened for you, or it was already submitted; close it and use the card."
+
+@dataclass(frozen=True)
+class Surface:
+    """What the listeners hand work to."""
+
+    io: SlackIO
+    store: SlackStore
+    lifecycle: Lifecycle
+    approvals: Approvals
+    commands: Commands
 
 
 def missing_fields(body: dict[str, Any]) -> str | None:
@@ -55,7 +69,9 @@ def missing_fields(body: dict[str, Any]) -> str | None:
     return None
 
 
-def build_app(settings: BotSettings, client: AsyncWebClient, slack_runs: SlackRuns, commands: Commands) -> AsyncApp:
+def build_app(settings: BotSettings, client: AsyncWebClient, surface: Surface) -> AsyncApp:
+    io, store, lifecycle, approvals, commands = (surface.io, surface.store, surface.lifecycle, surface.approvals,
+                                                 surface.commands)
     app = AsyncApp(
         client=client,
         signing_secret=settings.signing_secret or "",
@@ -77,16 +93,16 @@ def build_app(settings: BotSettings, client: AsyncWebClient, slack_runs: SlackRu
         event_id = body.get("event_id")
         where = Where(event["channel"], event["user"], event.get("thread_ts") or event["ts"])
         try:
-            first = not event_id or await slack_runs.store.first_delivery(event_id)
+            first = not event_id or await store.first_delivery(event_id)
         except RedisError as exc:
             log.error("could not record event %s (%s): Redis is not answering", event_id, type(exc).__name__)
-            slack_runs.spawn(slack_runs.tell(where, NOT_RECORDED), f"tell {event_id}")
+            io.spawn(io.tell(where, NOT_RECORDED), f"tell {event_id}")
             return
         if not first:
             log.info("ignored a repeated delivery of event %s (retry %s)", event_id, body.get("retry_num", "?"))
             return
-        slack_runs.spawn(
-            slack_runs.ask(
+        io.spawn(
+            lifecycle.ask(
                 channel=event["channel"], user=event["user"], text=event.get("text", ""),
                 message_ts=event["ts"], thread_ts=event.get("thread_ts"),
             ),
@@ -106,6 +122,9 @@ def build_app(settings: BotSettings, client: AsyncWebClient, slack_runs: SlackRu
                 and event.get("user") and event.get("channel") and event.get("ts")):
             await ask_from_event(event, body)
 
+    def where_of(binding: ViewBinding) -> Where:
+        return Where(binding.channel, binding.user, binding.thread_ts or None)
+
     def click_of(body: dict[str, Any]) -> Click:
         container = body["container"]
         thread_ts = container.get("thread_ts") or (body.get("message") or {}).get("thread_ts")
@@ -120,10 +139,10 @@ def build_app(settings: BotSettings, client: AsyncWebClient, slack_runs: SlackRu
     async def on_approve(ack: AsyncAck, body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()
         click = click_of(body)
-        slack_runs.spawn(
-            slack_runs.decide(value=action.get("value"), click=click, state_values=(body.get("state") or {}).get("values")),
+        io.spawn(
+            approvals.decide(value=action.get("value"), click=click, state_values=(body.get("state") or {}).get("values")),
             f"approve {str(action.get('value'))[:40]}",
-            where=Where(click.channel, click.user, click.thread_ts),
+            where=click.where,
         )
 
     @app.action(EDIT_ACTION)
@@ -131,33 +150,28 @@ def build_app(settings: BotSettings, client: AsyncWebClient, slack_runs: SlackRu
     async def on_dialog_button(ack: AsyncAck, body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()
         click = click_of(body)
-        # Not spawned: the trigger id expires 3 s after the click.
-        opener = slack_runs.open_editor if action["action_id"] == EDIT_ACTION else slack_runs.open_rejector
-        try:
-            await opener(value=action.get("value"), click=click)
-        except RedisError:
-            await slack_runs.tell(Where(click.channel, click.user, click.thread_ts), NOT_RECORDED)
+        kind = "edit" if action["action_id"] == EDIT_ACTION else "reject"
+        # Awaited, not spawned: the trigger id expires 3 s after the click.
+        await io.run(approvals.open_dialog(value=action.get("value"), click=click, kind=kind), f"{kind} dialog",
+                     click.where)
 
     @app.action(re.compile(f"^{SHOW_ARGS_ACTION}_\\d+$"))
     async def on_show_arguments(ack: AsyncAck, body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()
         click = click_of(body)
         index = int(action["action_id"].rsplit("_", 1)[1])
-        try:
-            await slack_runs.open_arguments(value=action.get("value"), index=index, click=click)
-        except RedisError:
-            await slack_runs.tell(Where(click.channel, click.user, click.thread_ts), NOT_RECORDED)
+        await io.run(approvals.open_arguments(value=action.get("value"), index=index, click=click), "show in full",
+                     click.where)
 
     @app.view(EDIT_CALLBACK)
     async def on_edit_submit(ack: AsyncAck, body: dict[str, Any], view: dict[str, Any]) -> None:
         user = body["user"]["id"]
         try:
-            dialog = await slack_runs.dialog(view, user, "edit")
-            if dialog is None:
-                await ack(response_action="errors", errors={"include_0": DIALOG_REFUSED})
-                return
-            ref, binding = dialog
-            decisions, errors = await slack_runs.check_edit(ref, binding, (view.get("state") or {}).get("values"))
+            ref, binding = await approvals.dialog(view, user, "edit")
+            decisions, errors = await approvals.check_edit(ref, binding, (view.get("state") or {}).get("values"))
+        except DialogRefused as refusal:
+            await ack(response_action="errors", errors={"include_0": str(refusal)})
+            return
         except RedisError:
             await ack(response_action="errors", errors={"include_0": NOT_RECORDED})
             return
@@ -165,26 +179,24 @@ def build_app(settings: BotSettings, client: AsyncWebClient, slack_runs: SlackRu
             await ack(response_action="errors", errors=errors)
             return
         await ack()
-        if await slack_runs.store.unbind_view(view["id"]):  # once: a replayed submission finds nothing
-            slack_runs.spawn(slack_runs.submit_edit(ref, binding, decisions), f"edit {ref.value}",
-                             where=Where(binding.channel, user))
+        if await store.unbind_view(view["id"]):  # once: a replayed submission finds nothing
+            io.spawn(approvals.submit_edit(ref, binding, decisions), f"edit {ref.value}", where=where_of(binding))
 
     @app.view(REJECT_CALLBACK)
     async def on_reject_submit(ack: AsyncAck, body: dict[str, Any], view: dict[str, Any]) -> None:
         user = body["user"]["id"]
         try:
-            dialog = await slack_runs.dialog(view, user, "reject")
+            ref, binding = await approvals.dialog(view, user, "reject")
+        except DialogRefused as refusal:
+            await ack(response_action="errors", errors={"reason": str(refusal)})
+            return
         except RedisError:
             await ack(response_action="errors", errors={"reason": NOT_RECORDED})
             return
-        if dialog is None:
-            await ack(response_action="errors", errors={"reason": DIALOG_REFUSED})
-            return
         await ack()
-        ref, binding = dialog
-        if await slack_runs.store.unbind_view(view["id"]):
+        if await store.unbind_view(view["id"]):
             reason = parse_reason((view.get("state") or {}).get("values"))
-            slack_runs.spawn(slack_runs.veto(ref, binding, reason), f"reject {ref.value}", where=Where(binding.channel, user))
+            io.spawn(approvals.veto(ref, binding, reason), f"reject {ref.value}", where=where_of(binding))
 
     @app.command("/chatops")
     async def on_command(ack: AsyncAck, command: dict[str, Any]) -> None:
@@ -196,8 +208,7 @@ def build_app(settings: BotSettings, client: AsyncWebClient, slack_runs: SlackRu
             return
         await ack(text=answer) if answer else await ack()
         if work is not None:
-            slack_runs.spawn(work, f"/chatops {command.get('text', '')[:40]}",
-                             where=Where(command["channel_id"], command["user_id"]))
+            io.spawn(work, f"/chatops {command.get('text', '')[:40]}", where=Where(command["channel_id"], command["user_id"]))
 
     @app.error
     async def on_error(error: Exception, body: dict[str, Any] | None = None) -> None:

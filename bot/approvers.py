@@ -9,7 +9,10 @@ from collections.abc import Iterable
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from graphs.policy import ToolRule
+from graphs.policy import Policy, ToolRule
+from graphs.types import ReviewRequest
+
+from .errors import NotAnApprover
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +50,37 @@ class Directory:
 
 
 class Approvers:
-    def __init__(self, directory: Directory, allowed: frozenset[str], *, allow_self_approval: bool = False) -> None:
+    """Who may approve or reject which calls of a card, and how many distinct approvers a card needs: the
+    policy's per-tool rules, the global CHATOPS_APPROVERS and CHATOPS_ALLOW_SELF_APPROVAL."""
+
+    def __init__(self, directory: Directory, allowed: frozenset[str], policy: Policy, *,
+                 allow_self_approval: bool = False) -> None:
         self._directory = directory
         self._allowed = allowed  # CHATOPS_APPROVERS; empty: any member except the requester
+        self._policy = policy
         self._allow_self = allow_self_approval
+
+    def rules(self, request: ReviewRequest, indexes: Iterable[int] | None = None) -> list[tuple[str, ToolRule]]:
+        """(tool name, its rule) for the calls at ``indexes`` of a review (default: all of them)."""
+        actions = request["action_requests"]
+        chosen = range(len(actions)) if indexes is None else indexes
+        return [(actions[n]["name"], self._policy.rule(actions[n]["name"])) for n in chosen]
+
+    def required(self, request: ReviewRequest, indexes: Iterable[int] | None = None) -> int:
+        """Distinct approvers a card needs: the highest among the calls at ``indexes``."""
+        return max((rule.required_approvals for _, rule in self.rules(request, indexes)), default=1)
+
+    async def check_approve(self, user_id: str, requester: str | None, request: ReviewRequest,
+                            indexes: Iterable[int]) -> None:
+        """Raise NotAnApprover unless ``user_id`` may approve the calls at ``indexes``."""
+        refusal = await self.refusal(user_id, requester, self.rules(request, indexes))
+        if refusal:
+            raise NotAnApprover(refusal)
+
+    async def check_reject(self, user_id: str, requester: str | None, request: ReviewRequest) -> None:
+        """Raise NotAnApprover unless ``user_id`` may reject (veto) this card."""
+        if not await self.may_reject(user_id, requester, self.rules(request)):
+            raise NotAnApprover("You are not an approver of any call on this card.")
 
     async def refusal(self, user_id: str, requester: str | None, calls: Iterable[tuple[str, ToolRule]]) -> str | None:
         """Why ``user_id`` may not approve these calls of ``requester``'s run, or None if they may."""

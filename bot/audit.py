@@ -16,6 +16,11 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from graphs.errors import ConfigError
+from graphs.keys import Keys
+from graphs.settings import CoreSettings
+from graphs.types import ReviewDecided
+
 from .blocks import clip, literal
 
 EXPORT_PAGE = 1000
@@ -51,13 +56,13 @@ class AuditEntry:
 
 
 class AuditLog:
-    def __init__(self, redis: Redis, *, prefix: str = "chatops:") -> None:
+    def __init__(self, redis: Redis, *, keys: Keys | None = None) -> None:
         self._redis = redis
-        self._all = f"{prefix}audit"
-        self._prefix = prefix
+        self._keys = keys or Keys()
+        self._all = self._keys.audit
 
     def _run_stream(self, run: str) -> str:
-        return f"{self._prefix}audit:run:{run}"
+        return self._keys.run_audit(run)
 
     async def record(self, entry: AuditEntry) -> None:
         fields = {"json": json.dumps({k: v for k, v in asdict(entry).items() if k != "id"})}
@@ -65,6 +70,20 @@ class AuditLog:
             pipe.xadd(self._all, fields)
             pipe.xadd(self._run_stream(entry.run), fields)
             await pipe.execute()
+
+    async def record_decision(self, run_id: str, event: ReviewDecided) -> None:
+        """One entry per call of a decided card: the exact call, what was decided, edits and reasons."""
+        by = event.decided_by or "?"
+        for action, decision in zip(event.request["action_requests"], event.decisions, strict=True):
+            call = {"id": action["tool_call_id"], "name": action["name"], "args": action["args"]}
+            details: dict[str, Any] = {"interrupt": event.interrupt_id}
+            if decision["type"] == "edit":
+                call["args"] = decision["edited_action"]["args"]
+                details.update(old_args=action["args"], new_args=decision["edited_action"]["args"])
+            if decision["type"] == "reject" and decision.get("message"):
+                details["reason"] = decision["message"]
+            kind = {"approve": "approved", "edit": "edited", "reject": "rejected"}[decision["type"]]
+            await self.record(AuditEntry(run_id, kind, by, tool_call=call, details=details))
 
     async def recent(self, run: str | None = None, count: int = 20) -> list[AuditEntry]:
         """Newest first."""
@@ -92,14 +111,13 @@ def _entry(row_id: Any, data: dict[Any, Any]) -> AuditEntry:
     return AuditEntry(**parsed, id=row_id.decode() if isinstance(row_id, bytes) else row_id)
 
 
-async def _export(run: str | None) -> int:
-    url = os.environ.get("REDIS_URL")
-    if not url:
+async def _export(settings: CoreSettings, run: str | None) -> int:
+    if not settings.redis_url:
         print("REDIS_URL is not set: point it at the bot's Redis", file=sys.stderr)
         return 2
-    redis = Redis.from_url(url, decode_responses=True)
+    redis = Redis.from_url(settings.redis_url, decode_responses=True)
     try:
-        for entry in await AuditLog(redis, prefix=os.environ.get("CHATOPS_KEY_PREFIX") or "chatops:").export(run):
+        for entry in await AuditLog(redis, keys=Keys(settings.key_prefix)).export(run):
             print(json.dumps(asdict(entry)))
     finally:
         await redis.aclose()
@@ -110,7 +128,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bot.audit", description="Export the audit log as JSON lines.")
     parser.add_argument("--run", help="only this run id")
     args = parser.parse_args()
-    sys.exit(asyncio.run(_export(args.run)))
+    try:
+        settings = CoreSettings.from_env(os.environ)  # REDIS_URL and CHATOPS_KEY_PREFIX, read as the bot reads them
+    except ConfigError as exc:
+        sys.exit(f"configuration error: {exc}")
+    sys.exit(asyncio.run(_export(settings, args.run)))
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from .blocks import (
     rt_user,
     section,
 )
+from .errors import MalformedCard
 
 SELECT_ACTION = "select_calls"
 APPROVE_ACTION = "approve"
@@ -49,10 +50,6 @@ REJECT_ACTION = "reject"
 EDIT_ACTION = "edit"
 EDIT_CALLBACK = "edit_review"
 CALLS_BLOCK_PREFIX = "calls_"
-
-
-class MalformedCard(ValueError):
-    """A click whose value or metadata is not one of ours."""
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,15 @@ import time
 from typing import Any
 
 from graphs.errors import ChatOpsError, UnknownCheckpoint, UnknownRun
+from graphs.runs import Runs
 
 from .approvers import Directory
+from .audit import AuditLog
 from .blocks import clip, escape, literal
-from .slack_runs import SlackRuns
+from .errors import BadCommand, Refused
+from .lifecycle import Lifecycle
+from .slack_io import SlackIO
+from .store import RunRecord, SlackStore
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +43,15 @@ LISTED = 20
 
 
 class Commands:
-    def __init__(self, slack_runs: SlackRuns, directory: Directory, admins: frozenset[str]) -> None:
-        self.slack_runs = slack_runs
-        self.runs = slack_runs.runs
-        self.directory = directory
-        self.admins = admins
+    def __init__(self, runs: Runs, store: SlackStore, lifecycle: Lifecycle, audit: AuditLog, io: SlackIO,
+                 directory: Directory, admins: frozenset[str]) -> None:
+        self._runs = runs
+        self._store = store
+        self._lifecycle = lifecycle
+        self._audit = audit
+        self._io = io
+        self._directory = directory
+        self._admins = admins
 
     async def handle(self, command: dict[str, Any]) -> tuple[str, Any]:
         """What to answer the caller (ephemeral text), and optional work to spawn after the ack."""
@@ -53,13 +62,13 @@ class Commands:
             return USAGE, None
         if verb not in SUBCOMMAND_USAGE and verb != "pending":
             return f"I don't know `/chatops {escape(verb)}`.\n{USAGE}", None
-        if verb in ADMIN_ONLY and not (self.admins and await self.directory.member_of(user, self.admins)):
+        if verb in ADMIN_ONLY and not (self._admins and await self._directory.member_of(user, self._admins)):
             return f"`/chatops {verb}` is for admins (CHATOPS_ADMINS); nothing was changed.", None
         try:
             if verb == "run":
                 if not rest:
                     return f"Usage: {SUBCOMMAND_USAGE['run']}", None
-                return "", self.slack_runs.ask_from_command(channel=command["channel_id"], user=user, task=rest)
+                return "", self._lifecycle.ask_from_command(channel=command["channel_id"], user=user, task=rest)
             if verb == "pending":
                 return await self.pending(user, command["channel_id"]), None
             args = rest.split()
@@ -74,7 +83,7 @@ class Commands:
             if verb == "cancel":
                 return await self.cancel(run_id, user)
             return await self.rewind(run_id, args[1] if len(args) > 1 else None, user)
-        except (UnknownRun, UnknownCheckpoint, ValueError) as exc:
+        except (UnknownRun, UnknownCheckpoint, Refused) as exc:
             return str(exc), None
         except ChatOpsError as exc:
             return f"Could not {verb}: {exc}", None
@@ -83,14 +92,14 @@ class Commands:
         """A run id, or a link to a thread the bot answered in."""
         ref = ref.strip("<>").split("|")[0]
         if RUN_ID.match(ref):
-            if not await self.slack_runs.store.run(ref):
+            if not await self._store.run(ref):
                 raise UnknownRun(f"I know no run `{ref}`; run ids are on the bot's messages in the thread.")
             return ref
         link = LINK.search(ref)
         if not link:
-            raise ValueError(f"`{escape(ref[:100])}` is neither a run id (8 letters/digits) nor a link to a Slack thread.")
+            raise BadCommand(f"`{escape(ref[:100])}` is neither a run id (8 letters/digits) nor a link to a Slack thread.")
         thread = link.group("thread") or f"{link.group('sec')}.{link.group('usec')}"
-        run_id = await self.slack_runs.store.run_for_thread(link.group("channel"), thread)
+        run_id = await self._store.run_for_thread(link.group("channel"), thread)
         if not run_id:
             raise UnknownRun("That thread has no run of mine.")
         return run_id
@@ -98,21 +107,22 @@ class Commands:
     async def pending(self, user: str, channel: str) -> str:
         """Open approval cards the caller may see: admins all of them; anyone else those of this channel, or in
         a DM with the bot the runs they asked for (a private channel's or another DM's runs stay private)."""
-        admin = bool(self.admins) and await self.directory.member_of(user, self.admins)
+        admin = bool(self._admins) and await self._directory.member_of(user, self._admins)
         in_dm = channel.startswith("D")
         shown = []
-        for review in await self.runs.pending():
-            meta = await self.slack_runs.store.run(review.thread_id)
-            if admin or (review.requester == user if in_dm else meta.get("channel") == channel):
-                shown.append((review, meta))
+        for review in await self._runs.pending():
+            record = await self._store.run(review.thread_id) or RunRecord(review.thread_id)
+            if admin or (review.requester == user if in_dm else record.channel == channel):
+                shown.append((review, record))
         scope = "" if admin else (" for runs you asked for" if in_dm else " in this channel")
         if not shown:
             return f"No approval cards are waiting{scope}."
         lines = [f"*{len(shown)} approval card{'s' if len(shown) != 1 else ''} waiting{scope}* (oldest first):"]
-        for review, meta in shown[:LISTED]:
+        for review, record in shown[:LISTED]:
             tools = ", ".join(a["name"] for a in review.request["action_requests"])
-            delivered = meta.get("card_interrupt") == review.interrupt_id and meta.get("card_ts")
-            link = await self._permalink(meta.get("card_channel") or meta.get("channel"), meta.get("card_ts")) if delivered else None
+            card = record.card(review.interrupt_id)
+            delivered = card is not None
+            link = await self._io.permalink(*card) if card else None
             who = f"<@{review.requester}>" if review.requester else "someone"
             where = f" — <{link}|open the card>" if link else (" — card not delivered yet — retrying" if not delivered else "")
             lines.append(f"• run `{review.thread_id}` by {who}: {literal(tools)} — waiting {_age(review.created_at)}{where}")
@@ -120,16 +130,8 @@ class Commands:
             lines.append(f"…and {len(shown) - LISTED} more.")
         return "\n".join(lines)
 
-    async def _permalink(self, channel: str | None, ts: str | None) -> str | None:
-        if not channel or not ts:
-            return None
-        try:
-            return (await self.slack_runs.client.chat_getPermalink(channel=channel, message_ts=ts)).get("permalink")
-        except Exception:  # noqa: BLE001 - a missing link is not worth failing the listing
-            return None
-
     async def history(self, run_id: str) -> str:
-        checkpoints = await self.runs.history(run_id)
+        checkpoints = await self._runs.history(run_id)
         if not checkpoints:
             raise UnknownRun(f"run `{run_id}` has no history (it may have expired)")
         lines = [f"*History of run `{run_id}`* (newest first; rewind with `/chatops rewind {run_id} <id>`):"]
@@ -140,20 +142,20 @@ class Commands:
         return "\n".join(lines)
 
     async def cancel(self, run_id: str, user: str) -> tuple[str, Any]:
-        info = await self.runs.info(run_id)
-        if info.get("status") in ("done", "cancelled", "expired", "failed") and not await self.runs.pending_review(run_id):
+        info = await self._runs.info(run_id)
+        if info.get("status") in ("done", "cancelled", "expired", "failed") and not await self._runs.pending_review(run_id):
             return f"Run `{run_id}` is already {info.get('status')}; nothing to cancel.", None
-        return f"Cancelling run `{run_id}`…", self.slack_runs.cancel(run_id, user)
+        return f"Cancelling run `{run_id}`…", self._lifecycle.cancel(run_id, user)
 
     async def rewind(self, run_id: str, checkpoint: str | None, user: str) -> tuple[str, Any]:
-        if await self.runs.locks.is_held(run_id):
+        if await self._runs.locks.is_held(run_id):
             return f"Run `{run_id}` is working right now; cancel it or wait before rewinding.", None
-        target = await self.runs.rewind_target(run_id, checkpoint)
+        target = await self._runs.rewind_target(run_id, checkpoint)
         return (f"Rewinding run `{run_id}` to `{target.checkpoint_id[-8:]}`…",
-                self.slack_runs.rewind(run_id, target.checkpoint_id, user))
+                self._lifecycle.rewind(run_id, target.checkpoint_id, user))
 
     async def audit(self, run_id: str | None) -> str:
-        entries = await self.slack_runs.audit.recent(run_id, count=LISTED)
+        entries = await self._audit.recent(run_id, count=LISTED)
         scope = f"run `{run_id}`" if run_id else "all runs"
         if not entries:
             return f"The audit log has nothing for {scope} yet."

@@ -10,6 +10,7 @@ from graphs.errors import ConfigError
 from graphs.settings import CoreSettings
 
 SLACK_API_DEFAULT = "https://slack.com/api/"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def _ids(raw: str | None, name: str) -> frozenset[str]:
@@ -43,7 +44,9 @@ class BotSettings:
     allow_self_approval: bool = False
     admins: frozenset[str] = frozenset()  # may use history, rewind, cancel, audit
     update_budget_per_minute: int = 45  # chat.update is Tier 3 (~50/min per workspace)
-    core: CoreSettings = field(default_factory=CoreSettings)
+    host: str = "0.0.0.0"  # HOST: the HTTP listener's address (/slack/events, /healthz)
+    log_level: str = "INFO"  # LOG_LEVEL: DEBUG, INFO, WARNING or ERROR
+    core: CoreSettings = field(default_factory=CoreSettings)  # the model, Redis, tools and the approval policy
 
     @property
     def socket_mode(self) -> bool:
@@ -73,6 +76,9 @@ class BotSettings:
         raw_budget = env.get("CHATOPS_UPDATE_BUDGET") or "45"
         if not raw_budget.isdigit() or int(raw_budget) < 1:
             raise ConfigError(f"CHATOPS_UPDATE_BUDGET must be a positive number of chat.update calls per minute, got {raw_budget!r}")
+        log_level = (env.get("LOG_LEVEL") or "INFO").upper()
+        if log_level not in LOG_LEVELS:
+            raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {env.get('LOG_LEVEL')!r}")
         return cls(
             bot_token=bot_token,
             signing_secret=signing_secret,
@@ -83,5 +89,7 @@ class BotSettings:
             update_budget_per_minute=int(raw_budget),
             admins=_ids(env.get("CHATOPS_ADMINS"), "CHATOPS_ADMINS"),
             allow_self_approval=_flag(env.get("CHATOPS_ALLOW_SELF_APPROVAL"), "CHATOPS_ALLOW_SELF_APPROVAL", False),
+            host=env.get("HOST") or "0.0.0.0",
+            log_level=log_level,
             core=CoreSettings.from_env(env),
         )

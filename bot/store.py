@@ -1,4 +1,7 @@
-"""Where the bot keeps its Slack-side facts in Redis: which Slack thread is which run, its messages, dedupe."""
+"""What the bot keeps in Redis about the Slack side of runs: threads, run records, turns, dialogs, dedupe.
+
+Key names come from ``graphs.keys.Keys`` (its docstring has the table of every key).
+"""
 
 from __future__ import annotations
 
@@ -7,10 +10,15 @@ import secrets
 import string
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from redis.asyncio import Redis
+
+from graphs.keys import DEFAULT_TTL_S, Keys
+from graphs.types import Decision
+
+from .progress import Progress
 
 RUN_ID_ALPHABET = string.ascii_lowercase + string.digits
 EVENT_DEDUPE_S = 3600  # Slack retries for up to ~6 min; keep ids an hour
@@ -37,6 +45,48 @@ return 0
 """
 
 
+def new_run_id() -> str:
+    return "".join(secrets.choice(RUN_ID_ALPHABET) for _ in range(8))
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """The Slack side of one run, as stored in its ``slack:run`` hash (every field a string there)."""
+
+    run_id: str
+    channel: str = ""  # where the run's thread is
+    thread_ts: str = ""  # the thread's root message
+    progress_ts: str = ""  # the progress message the bot keeps editing
+    requester: str = ""  # who asked for the current task (a Slack user ID)
+    task: str = ""  # what they asked, as typed
+    progress: str = ""  # the progress message's state (Progress.to_json), so any replica renders it on
+    card_ts: str = ""  # the approval card on Slack for the review ``card_interrupt``…
+    card_channel: str = ""  # …and the channel it is in
+    card_interrupt: str = ""  # the review (interrupt id) that card answers
+    card_for: str = ""  # the review whose card is being delivered (attempts and retry time below)
+    card_attempts: int = 0  # failed posts of that card so far
+    card_retry_at: float = 0.0  # when a sweeper may try posting it again (epoch s; 0: not scheduled)
+
+    @classmethod
+    def from_hash(cls, run_id: str, data: dict[str, str]) -> "RunRecord":
+        known = {f.name for f in fields(cls)} - {"run_id"}
+        values: dict[str, Any] = {k: v for k, v in data.items() if k in known}
+        values["card_attempts"] = int(values.get("card_attempts") or 0)
+        values["card_retry_at"] = float(values.get("card_retry_at") or 0)
+        return cls(run_id, **values)
+
+    def progress_state(self) -> Progress:
+        """The progress message's state, or a fresh one if it was never saved."""
+        return Progress.from_json(self.progress) if self.progress else Progress(self.run_id, self.requester or None,
+                                                                               self.task)
+
+    def card(self, interrupt_id: str) -> tuple[str, str] | None:
+        """(channel, ts) of the card posted for this review, if it is on Slack."""
+        if self.card_interrupt == interrupt_id and self.card_ts:
+            return self.card_channel or self.channel, self.card_ts
+        return None
+
+
 @dataclass(frozen=True)
 class Turn:
     """Who holds a run's turn: the request being set up or run right now."""
@@ -56,35 +106,29 @@ class ViewBinding:
     interrupt_id: str
     channel: str
     card_ts: str
-    kind: str
+    kind: str  # "edit" or "reject"
+    thread_ts: str = ""  # the card's thread, where answers about it go
 
 
-def new_run_id() -> str:
-    return "".join(secrets.choice(RUN_ID_ALPHABET) for _ in range(8))
+_RECORD_FIELDS = frozenset(f.name for f in fields(RunRecord)) - {"run_id"}
 
 
 class SlackStore:
-    def __init__(self, redis: Redis, *, prefix: str = "chatops:slack:", ttl_s: int = 7 * 24 * 3600) -> None:
+    def __init__(self, redis: Redis, *, keys: Keys | None = None, ttl_s: int = DEFAULT_TTL_S) -> None:
         self.redis = redis
-        self._prefix = prefix
+        self._keys = keys or Keys()
         self._ttl_s = ttl_s
-
-    def _run(self, run_id: str) -> str:
-        return f"{self._prefix}run:{run_id}"
-
-    def _thread(self, channel: str, thread_ts: str) -> str:
-        return f"{self._prefix}thread:{channel}:{thread_ts}"
 
     async def first_delivery(self, event_id: str) -> bool:
         """True the first time an event id is seen, across every replica sharing this Redis."""
-        return bool(await self.redis.set(f"{self._prefix}event:{event_id}", 1, nx=True, ex=EVENT_DEDUPE_S))
+        return bool(await self.redis.set(self._keys.event(event_id), 1, nx=True, ex=EVENT_DEDUPE_S))
 
     async def run_for_thread(self, channel: str, thread_ts: str) -> str | None:
-        return await self.redis.get(self._thread(channel, thread_ts))
+        return await self.redis.get(self._keys.slack_thread(channel, thread_ts))
 
     async def claim_thread(self, channel: str, thread_ts: str, run_id: str) -> str:
         """Bind a Slack thread to a run; if another request bound it first, return that run's id."""
-        key = self._thread(channel, thread_ts)
+        key = self._keys.slack_thread(channel, thread_ts)
         if await self.redis.set(key, run_id, nx=True, ex=self._ttl_s):
             return run_id
         return await self.redis.get(key) or run_id
@@ -92,54 +136,63 @@ class SlackStore:
     async def claim_turn(self, run_id: str, *, requester: str, task: str) -> Turn:
         """Claim the run's turn for ``requester``'s ``task``, unless someone holds it (then: who, and what)."""
         token = uuid.uuid4().hex
-        won, raw = await self.redis.eval(
-            _CLAIM_TURN, 1, f"{self._prefix}turn:{run_id}", token, requester, task, TURN_CLAIM_S * 1000
-        )
+        won, raw = await self.redis.eval(_CLAIM_TURN, 1, self._keys.turn(run_id), token, requester, task,
+                                         TURN_CLAIM_S * 1000)
         holder = json.loads(raw)
         return Turn(holder["requester"], holder["task"], holder["token"], mine=bool(won))
 
     async def release_turn(self, run_id: str, turn: Turn) -> None:
-        await self.redis.eval(_RELEASE_TURN, 1, f"{self._prefix}turn:{run_id}", turn.token)
+        await self.redis.eval(_RELEASE_TURN, 1, self._keys.turn(run_id), turn.token)
+
+    # --- the run record -----------------------------------------------------------------------
+
+    async def run(self, run_id: str) -> RunRecord | None:
+        data = await self.redis.hgetall(self._keys.slack_run(run_id))
+        return RunRecord.from_hash(run_id, data) if data else None
+
+    async def update(self, run_id: str, **changes: Any) -> None:
+        """Set some fields of the run's record (names as in RunRecord); the record's TTL starts again."""
+        unknown = set(changes) - _RECORD_FIELDS
+        if unknown:
+            raise TypeError(f"RunRecord has no fields {sorted(unknown)}")
+        key = self._keys.slack_run(run_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping={k: "" if v is None else v for k, v in changes.items()})
+            pipe.expire(key, self._ttl_s)
+            await pipe.execute()
+
+    async def save_progress(self, run_id: str, progress: Progress) -> None:
+        await self.update(run_id, progress=progress.to_json())
+
+    # --- dialogs --------------------------------------------------------------------------------
 
     async def bind_view(self, view_id: str, binding: ViewBinding) -> None:
-        await self.redis.set(f"{self._prefix}view:{view_id}", json.dumps(binding.__dict__), ex=VIEW_BINDING_S)
+        await self.redis.set(self._keys.view(view_id), json.dumps(asdict(binding)), ex=VIEW_BINDING_S)
 
     async def view_binding(self, view_id: str) -> ViewBinding | None:
-        raw = await self.redis.get(f"{self._prefix}view:{view_id}")
+        raw = await self.redis.get(self._keys.view(view_id))
         return ViewBinding(**json.loads(raw)) if raw else None
 
     async def unbind_view(self, view_id: str) -> bool:
         """Forget a dialog once submitted; False if it was already (a replayed submission)."""
-        return bool(await self.redis.delete(f"{self._prefix}view:{view_id}"))
-
-    async def save_run(self, run_id: str, **fields: Any) -> None:
-        key = self._run(run_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping={k: "" if v is None else v for k, v in fields.items()})
-            pipe.expire(key, self._ttl_s)
-            await pipe.execute()
-
-    async def run(self, run_id: str) -> dict[str, str]:
-        return await self.redis.hgetall(self._run(run_id))
+        return bool(await self.redis.delete(self._keys.view(view_id)))
 
     # --- cards that need several approvers ----------------------------------------------------
 
-    def _approvals(self, run_id: str, interrupt_id: str) -> tuple[str, str]:
-        base = f"{self._prefix}approvals:{run_id}:{interrupt_id}"
-        return f"{base}:proposal", f"{base}:by"
-
-    async def propose(self, run_id: str, interrupt_id: str, proposal: str) -> str:
+    async def propose(self, run_id: str, interrupt_id: str, proposal: list[Decision]) -> list[Decision]:
         """Record the first approver's decisions for a card; return the proposal that stands (first wins)."""
-        key, _ = self._approvals(run_id, interrupt_id)
-        await self.redis.set(key, proposal, nx=True, ex=self._ttl_s)
-        return await self.redis.get(key) or proposal
+        key = self._keys.proposal(run_id, interrupt_id)
+        await self.redis.set(key, json.dumps(proposal), nx=True, ex=self._ttl_s)
+        raw = await self.redis.get(key)
+        return json.loads(raw) if raw else proposal
 
-    async def proposal(self, run_id: str, interrupt_id: str) -> str | None:
-        return await self.redis.get(self._approvals(run_id, interrupt_id)[0])
+    async def proposal(self, run_id: str, interrupt_id: str) -> list[Decision] | None:
+        raw = await self.redis.get(self._keys.proposal(run_id, interrupt_id))
+        return json.loads(raw) if raw else None
 
     async def add_approver(self, run_id: str, interrupt_id: str, user: str) -> tuple[bool, list[str]]:
         """Count ``user`` once; return whether they were new and everyone who approved, in order."""
-        _, key = self._approvals(run_id, interrupt_id)
+        key = self._keys.approved_by(run_id, interrupt_id)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.zadd(key, {user: time.time()}, nx=True)
             pipe.expire(key, self._ttl_s)
@@ -148,4 +201,4 @@ class SlackStore:
         return bool(added), list(everyone)
 
     async def approvers(self, run_id: str, interrupt_id: str) -> list[str]:
-        return list(await self.redis.zrange(self._approvals(run_id, interrupt_id)[1], 0, -1))
+        return list(await self.redis.zrange(self._keys.approved_by(run_id, interrupt_id), 0, -1))

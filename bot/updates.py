@@ -34,6 +34,8 @@ from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetry
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
+from graphs.keys import Keys
+
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]
@@ -152,18 +154,18 @@ class MessageUpdater:
         *,
         per_minute: int = 45,
         message_interval_s: float = 1.0,
-        prefix: str = "chatops:",
+        keys: Keys | None = None,
         max_attempts_5xx: int = 5,
         window_s: float = 60.0,
         retry_base_s: float = 1.0,
     ) -> None:
-        """`per_minute` calls per `window_s` for all replicas sharing `prefix`; transient failures are retried
+        """`per_minute` calls per `window_s` for all replicas sharing `keys`' prefix; transient failures are retried
         `max_attempts_5xx` times in all, `retry_base_s` apart at first, doubling."""
         handlers = getattr(client, "retry_handlers", None) or []
         if any(isinstance(h, (AsyncRateLimitErrorRetryHandler, RateLimitErrorRetryHandler)) for h in handlers):
             raise ValueError("the client must not have a RateLimitErrorRetryHandler: MessageUpdater handles 429s")
         self._client = client
-        self._budget = SharedBudget(redis, f"{prefix}budget:chat.update", per_minute, window_s)
+        self._budget = SharedBudget(redis, (keys or Keys()).budget("chat.update"), per_minute, window_s)
         self._interval_s = message_interval_s
         self._max_attempts = max(1, max_attempts_5xx)
         self._retry_base_s = retry_base_s

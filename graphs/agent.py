@@ -34,7 +34,7 @@ from .ledger import ExecutionLedger, MemoryLedger
 from .policy import Policy
 from .redaction import Redactor
 from .review import build_request, check_response, rejection_text
-from .tools import CURRENT_CALL, CallContext, ToolRegistry
+from .tools import ASSESS_TIMEOUT_S, CURRENT_CALL, CallContext, ToolRegistry
 from .types import Assessment, strictest
 
 log = logging.getLogger(__name__)
@@ -47,9 +47,6 @@ of what ran and what it found."""
 
 def _merge(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
     return {**(old or {}), **new}
-
-
-ASSESS_TIMEOUT_S = 15.0
 
 
 class AgentState(TypedDict, total=False):
@@ -127,7 +124,7 @@ def build_graph(
                 except InvalidDecision as exc:  # re-ask the same review, saying what was wrong
                     answer = interrupt({**request, "error": str(exc)})
             decided_by = answer.get("decided_by")
-            for call, decision in zip(ask, decisions):
+            for call, decision in zip(ask, decisions, strict=True):  # one decision per call asked about
                 outcomes[call["id"]] = {"mode": "ask", **decision}
         # else: read-only calls run first, so people see their results while they decide the rest;
         # execute comes back here for the calls still waiting.

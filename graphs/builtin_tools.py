@@ -14,7 +14,8 @@ import sys
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
-from .outbound import HttpAllowlist, OutboundError, OutboundGuard
+from .errors import OutboundError, ToolFailed
+from .outbound import HttpAllowlist, OutboundGuard
 from .redaction import child_env
 from .tools import CURRENT_CALL, Assess, ToolRegistry
 
@@ -26,10 +27,6 @@ SEARCHABLE = {".md", ".sh", ".py", ".txt"}
 MAX_OUTPUT_CHARS = 4000
 MAX_RUNBOOK_NAME = 100
 RUNBOOK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-
-
-class ToolFailed(Exception):
-    """A tool ran but its outcome is a failure the model should see (non-zero exit, HTTP error...)."""
 
 
 def build_registry(
@@ -52,7 +49,7 @@ def build_registry(
 
     async def search_runbooks(query: str) -> str:
         """Search the runbooks folder (markdown notes and scripts) for a query; returns matching runbook names with their titles."""
-        return _search(runbooks_dir, query)
+        return find_runbooks(runbooks_dir, query)
 
     async def http_check(url: str) -> str:
         """Check an HTTP(S) endpoint with a GET: returns the status, latency and the start of the body. Internal addresses are refused unless allowlisted."""
@@ -66,7 +63,7 @@ def build_registry(
 
     async def run_runbook(name: str) -> str:
         """Run a runbook script by name (as listed by search_runbooks) from the configured runbooks folder; returns its exit code and output."""
-        script = _resolve_runbook(runbooks_dir, name)
+        script = resolve_runbook(runbooks_dir, name)
         return await _run_script(script, runbook_timeout_s, env)
 
     async def post_message_tool(channel: str, text: str) -> str:
@@ -105,7 +102,8 @@ def runbook_title(path: Path) -> str:
     return path.stem
 
 
-def _search(runbooks_dir: Path, query: str) -> str:
+def find_runbooks(runbooks_dir: Path, query: str) -> str:
+    """What search_runbooks answers: the best five runbooks for ``query`` by name and text, one line each."""
     words = [w for w in re.findall(r"[a-z0-9]+", query.lower()) if len(w) > 1]
     scored = []
     for path in list_runbooks(runbooks_dir):
@@ -124,7 +122,9 @@ def _search(runbooks_dir: Path, query: str) -> str:
     return "\n".join(lines)
 
 
-def _resolve_runbook(runbooks_dir: Path, name: str) -> Path:
+def resolve_runbook(runbooks_dir: Path, name: str) -> Path:
+    """The runnable file run_runbook runs for ``name``: one directly inside ``runbooks_dir`` (an absolute, resolved
+    path), never elsewhere; raises ToolFailed saying why not (a path, a notes file, no such runbook)."""
     if len(name) > MAX_RUNBOOK_NAME or not RUNBOOK_NAME.fullmatch(name):
         shown = name if len(name) <= 40 else name[:40] + "…"
         raise ToolFailed(f"{shown!r} is not a runbook name (use a name from search_runbooks: letters, digits, "

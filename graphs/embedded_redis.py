@@ -14,7 +14,7 @@ from pathlib import Path
 
 import redis
 
-from .errors import ConfigError
+from .errors import ConfigError, EmbeddedRedisFailed
 
 START_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 10.0
@@ -81,14 +81,14 @@ class EmbeddedRedis:
                     detail = (self._process.stderr.read() if self._process.stderr else b"").decode(errors="replace")
                     if log and log.exists():
                         detail += log.read_text(errors="replace")[-2000:]
-                    raise RuntimeError(f"embedded redis-server exited at start-up: {detail.strip()}")
+                    raise EmbeddedRedisFailed(f"embedded redis-server exited at start-up: {detail.strip()}")
                 try:
                     if client.ping():
                         return
                 except (redis.ConnectionError, redis.BusyLoadingError):
                     time.sleep(0.05)
             self.stop()
-            raise RuntimeError(f"embedded redis-server did not answer on port {self.port} within {START_TIMEOUT_S}s")
+            raise EmbeddedRedisFailed(f"embedded redis-server did not answer on port {self.port} within {START_TIMEOUT_S}s")
         finally:
             client.close()
 

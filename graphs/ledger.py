@@ -13,6 +13,8 @@ from typing import Protocol
 
 from redis.asyncio import Redis
 
+from .keys import DEFAULT_TTL_S, Keys
+
 
 class ExecutionLedger(Protocol):
     async def claim(self, key: str) -> bool: ...
@@ -24,7 +26,9 @@ _STARTED = "started"
 
 
 class RedisLedger:
-    def __init__(self, redis: Redis, *, prefix: str = "chatops:exec:", ttl_s: int | None = 7 * 24 * 3600) -> None:
+    """One key per call under ``prefix`` (a deployment's ``Keys.ledger_prefix``), kept ``ttl_s``."""
+
+    def __init__(self, redis: Redis, *, prefix: str = Keys().ledger_prefix, ttl_s: int | None = DEFAULT_TTL_S) -> None:
         self._redis = redis
         self._prefix = prefix
         self._ttl_s = ttl_s

@@ -35,6 +35,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from .errors import LockLost, RunBusy
+from .keys import Keys
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,10 @@ class _Hold:
 
 
 class ThreadLocks:
+    """The locks of one deployment: one key per thread under ``prefix`` (its ``Keys.lock_prefix``)."""
+
     def __init__(
-        self, redis: Redis, *, prefix: str = "chatops:lock:", ttl_ms: int = 15_000, margin_ms: int | None = None
+        self, redis: Redis, *, prefix: str = Keys().lock_prefix, ttl_ms: int = 15_000, margin_ms: int | None = None
     ) -> None:
         margin_ms = ttl_ms // 5 if margin_ms is None else margin_ms
         if not 0 < margin_ms <= ttl_ms // 2:

@@ -6,11 +6,8 @@ really resolves to, whether a call may run alone (allowlisted), needs a person (
 each redirect hop is checked the same way, and what comes back is bounded and sanitised, so a GET cannot be
 used to act on an internal admin endpoint, to map ports, or to carry banners and reason phrases into chat.
 
-Errors::
-
-    OutboundError          anything this module refuses or fails at on purpose
-    ├── OutboundRefused    the target is not allowed (internal, not http(s), needs approval...); nothing was sent
-    └── OutboundFailed     no HTTP answer; the message is the same whatever the cause
+Its errors (``OutboundError``: ``OutboundRefused`` and its ``InvalidURL``, ``OutboundFailed``) are drawn with the
+rest of the tree in graphs.errors.
 """
 
 from __future__ import annotations
@@ -30,18 +27,17 @@ from urllib.parse import quote, unquote, urljoin, urlsplit
 
 import httpx
 
-from .errors import ConfigError
+from .errors import ConfigError, InvalidURL, OutboundFailed, OutboundRefused
 from .types import Assessment, ToolMode
 
 __all__ = [
     "Fetched",
     "HttpAllowlist",
-    "OutboundError",
-    "OutboundFailed",
     "OutboundGuard",
-    "OutboundRefused",
     "Resolve",
+    "Target",
     "is_internal",
+    "parse_target",
 ]
 
 log = logging.getLogger(__name__)
@@ -66,19 +62,6 @@ _USERINFO = re.compile(r"(://)[^/?#]*@")
 # Characters a path may keep as they are; anything else (spaces, non-ASCII) is percent-encoded, so the path
 # checked against the allowlist is byte for byte the path requested.
 _PATH_SAFE = "/%:@!$&'()*+,;=-._~"
-
-
-class OutboundError(Exception):
-    """A fetch a tool asked for was refused or got no HTTP answer."""
-
-
-class OutboundRefused(OutboundError):
-    """The target is not allowed (internal, not http(s), credentials in the URL, needs approval); nothing was sent."""
-
-
-class OutboundFailed(OutboundError):
-    """No HTTP answer. The message never says why: refused, reset, timeout, TLS or a banner all read the same,
-    so the result cannot be used to tell an open port from a closed one."""
 
 
 # --- addresses ------------------------------------------------------------------------------------------------
@@ -130,12 +113,8 @@ def _ip_text(ip: IPAddress) -> str:
 # --- URLs -----------------------------------------------------------------------------------------------------
 
 
-class _Invalid(Exception):
-    """A URL that cannot be checked; the message is the reason told to the model and the thread."""
-
-
 @dataclass(frozen=True)
-class _Target:
+class Target:
     """One URL as it will be requested: normalised, so the allowlist sees exactly what is sent."""
 
     scheme: str
@@ -167,28 +146,29 @@ class _Target:
         return httpx.URL(scheme=self.scheme, host=ip, port=self.port, raw_path=self.path.encode("ascii"))
 
 
-def _target(url: str) -> _Target:
+def parse_target(url: str) -> Target:
+    """``url`` as it will be requested; raises InvalidURL (with the reason to tell) if it cannot be checked."""
     shown = _shown(_USERINFO.sub(r"\1…@", url))  # never echo a password, whatever else is wrong
     # Spaces and invisible characters would make the URL read differently from what is requested.
     if not url or any(ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf") for ch in url):
-        raise _Invalid(f"{shown!r} is not a valid URL.")
+        raise InvalidURL(f"{shown!r} is not a valid URL.")
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError:
-        raise _Invalid(f"{shown!r} is not a valid URL.") from None
+        raise InvalidURL(f"{shown!r} is not a valid URL.") from None
     scheme = parts.scheme.lower()
     if scheme not in DEFAULT_PORTS:
-        raise _Invalid(f"{shown!r} is not an http:// or https:// URL; only those can be requested.")
+        raise InvalidURL(f"{shown!r} is not an http:// or https:// URL; only those can be requested.")
     if "@" in parts.netloc:
         # Never echo the credentials; they are the model's (or a channel member's) words, but still credentials.
-        raise _Invalid(f"a URL with a user name or password ({scheme}://…@…) is not allowed; remove them.")
+        raise InvalidURL(f"a URL with a user name or password ({scheme}://…@…) is not allowed; remove them.")
     host = _host(parts.hostname or "")
     if not host:
-        raise _Invalid(f"{shown!r} has no host.")
+        raise InvalidURL(f"{shown!r} has no host.")
     path = _normalise_path(quote(parts.path or "/", safe=_PATH_SAFE))  # the path starts with "/" after a host
     query = f"?{quote(parts.query, safe=_PATH_SAFE + '?')}" if parts.query else ""
-    return _Target(scheme, host, port or DEFAULT_PORTS[scheme], path + query, _decoded(path) + query)
+    return Target(scheme, host, port or DEFAULT_PORTS[scheme], path + query, _decoded(path) + query)
 
 
 def _decoded(path: str) -> str:
@@ -238,7 +218,7 @@ class _Prefix:
     path: str  # normalised; may carry "?query"
     decoded_path: str
 
-    def matches(self, target: _Target) -> bool:
+    def matches(self, target: Target) -> bool:
         if (self.scheme, self.host, self.port) != target.origin:
             return False
         # Both the path as sent and as a server may decode it must sit under the prefix.
@@ -258,7 +238,7 @@ class _Host:
     port: int | None  # None: any port
     subdomains: bool  # "*.corp.example": any name below it, not corp.example itself
 
-    def matches(self, target: _Target) -> bool:
+    def matches(self, target: Target) -> bool:
         if self.port is not None and self.port != target.port:
             return False
         if self.subdomains:
@@ -296,7 +276,7 @@ class HttpAllowlist:
     def __bool__(self) -> bool:
         return bool(self.prefixes or self.networks or self.hosts)
 
-    def entry_for_url(self, target: _Target) -> str | None:
+    def entry_for_url(self, target: Target) -> str | None:
         """The prefix or host entry that allows this URL whatever it resolves to, if any."""
         for rule in (*self.prefixes, *self.hosts):
             if rule.matches(target):
@@ -318,8 +298,8 @@ def _bad_entry(entry: str, why: str) -> ConfigError:
 
 def _parse_prefix(entry: str) -> _Prefix:
     try:
-        target = _target(entry)
-    except _Invalid:
+        target = parse_target(entry)
+    except InvalidURL:
         why = "is not a valid http:// or https:// URL prefix (no user name, password or spaces)"
         raise _bad_entry(entry, why) from None
     if urlsplit(entry).fragment:
@@ -409,8 +389,8 @@ class OutboundGuard:
     async def assess(self, url: str) -> Assessment:
         """What may happen to a call that fetches ``url``: auto (allowlisted), ask (public) or deny."""
         try:
-            target = _target(url)
-        except _Invalid as exc:
+            target = parse_target(url)
+        except InvalidURL as exc:
             return Assessment("deny", reason=str(exc))
         verdict = await self._check(target)
         if verdict.mode == "deny":
@@ -421,7 +401,7 @@ class OutboundGuard:
         kind = "public address" if len(verdict.addresses) == 1 else "public addresses"
         return Assessment("ask", (f"{target.url} resolves to {where} ({kind})",))
 
-    async def _check(self, target: _Target) -> _Verdict:
+    async def _check(self, target: Target) -> _Verdict:
         addresses = await self._addresses(target)
         if not addresses:
             return _Verdict("deny", reason=f"{target.origin_url} does not resolve to an address; nothing was sent.")
@@ -440,7 +420,7 @@ class OutboundGuard:
             return _Verdict("deny", addresses, reason=reason)
         return _Verdict("ask", addresses)
 
-    async def _addresses(self, target: _Target) -> tuple[str, ...]:
+    async def _addresses(self, target: Target) -> tuple[str, ...]:
         literal = _address(target.host)
         if literal is not None:
             return (_ip_text(literal),)
@@ -467,10 +447,7 @@ class OutboundGuard:
         method = method.upper()
         if method not in METHODS:
             raise OutboundRefused(f"{_shown(method, 10)} is not allowed; only GET and HEAD requests can be sent.")
-        try:
-            first = _target(url)
-        except _Invalid as exc:
-            raise OutboundRefused(str(exc)) from None
+        first = parse_target(url)  # InvalidURL is an OutboundRefused: nothing was sent
         failed = OutboundFailed(f"{method} {first.url}: no HTTP answer")
         try:
             async with asyncio.timeout(self.timeout_s):
@@ -480,7 +457,7 @@ class OutboundGuard:
             log.info("%s %s: no HTTP answer (%s)", method, first.url, type(exc).__name__)
             raise failed from None
 
-    async def _fetch(self, method: str, first: _Target, reviewed: bool) -> Fetched:
+    async def _fetch(self, method: str, first: Target, reviewed: bool) -> Fetched:
         # The answer at plan time may differ from now (DNS rebinding): check again, then use only this answer.
         verdict = await self._check(first)
         if verdict.mode == "deny":
@@ -534,7 +511,7 @@ class OutboundGuard:
         )
 
     async def _send(
-        self, client: httpx.AsyncClient, method: str, target: _Target, addresses: Iterable[str]
+        self, client: httpx.AsyncClient, method: str, target: Target, addresses: Iterable[str]
     ) -> tuple[httpx.Response, str]:
         headers = {"Host": target.netloc, "Accept-Encoding": "identity", "User-Agent": "chatops-bot"}
         # sni_hostname: TLS is still verified against the real host name, though the URL names the IP.
@@ -550,12 +527,12 @@ class OutboundGuard:
         raise last
 
     async def _next_hop(
-        self, current: _Target, location: str, first: _Target, reviewed: bool
-    ) -> tuple[tuple[_Target, tuple[str, ...]] | None, str]:
+        self, current: Target, location: str, first: Target, reviewed: bool
+    ) -> tuple[tuple[Target, tuple[str, ...]] | None, str]:
         """The checked next hop, or None and the line saying why it was not followed."""
         try:
-            hop = _target(urljoin(current.url, location))
-        except (_Invalid, ValueError):
+            hop = parse_target(urljoin(current.url, location))
+        except (InvalidURL, ValueError):
             return None, "redirected to a location that is not a plain http(s) URL — not followed"
         shown = f"redirected to {hop.origin_url}/… — not followed"
         verdict = await self._check(hop)

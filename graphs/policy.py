@@ -71,7 +71,9 @@ class Policy:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Policy":
         """The policy file named by CHATOPS_POLICY_FILE (else the defaults), then overrides:
-        CHATOPS_TOOL_<NAME>=auto|ask|deny and CHATOPS_EXPIRES_AFTER (e.g. 90s, 30m, 24h)."""
+        CHATOPS_TOOL_<NAME>=auto|ask|deny and CHATOPS_EXPIRES_AFTER (e.g. 90s, 30m, 24h).
+
+        Reads ``env`` alone (the process environment only when none is given), as CoreSettings.from_env does."""
         env = os.environ if env is None else env
         path = env.get("CHATOPS_POLICY_FILE")
         policy = cls.from_file(Path(path)) if path else cls()

@@ -1,13 +1,21 @@
-"""Building a review request from proposed tool calls, and checking a human's answer to it."""
+"""Building a review request from proposed tool calls, and checking a human's answer to it.
+
+An answer is checked in two steps. ``check_response`` checks what can be checked without running anything: one
+decision per call, each of an allowed type, an edit keeping its tool, edited arguments fitting the tool's schema.
+The graph runs it on every answer it receives. ``check_edited_call`` is the one full check of an edited call: the
+schema, then the tool's own check (where a URL or a channel really points), which may take a network round trip,
+so it runs before the answer reaches the graph (``Runs.resume``, and ``Runs.check_edit`` for an edit dialog).
+"""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from .errors import InvalidArguments, InvalidDecision
 from .policy import Policy
-from .tools import ToolRegistry, summarize_args
-from .types import ActionRequest, Decision, ReviewConfig, ReviewRequest
+from .tools import ASSESS_TIMEOUT_S, ToolRegistry, summarize_args
+from .types import ActionRequest, Assessment, Decision, ReviewConfig, ReviewRequest
 
 
 def build_request(
@@ -41,7 +49,8 @@ def build_request(
 
 
 def check_response(request: ReviewRequest, response: Any, registry: ToolRegistry) -> list[Decision]:
-    """Validate an answer to ``request``; return the decisions with edited args normalised.
+    """Validate an answer to ``request`` without running any tool's own check (see the module docstring); return
+    the decisions with edited args normalised by the schema.
 
     Raises InvalidDecision (or its subclass InvalidArguments) with a message a person can act on.
     """
@@ -52,7 +61,9 @@ def check_response(request: ReviewRequest, response: Any, registry: ToolRegistry
     if len(decisions) != len(actions):
         raise InvalidDecision(f"expected {len(actions)} decisions (one per proposed call), got {len(decisions)}")
     checked: list[Decision] = []
-    for position, (decision, action, config) in enumerate(zip(decisions, actions, request["review_configs"]), 1):
+    # Equal lengths: the count was checked above, and build_request makes one review config per action.
+    calls = zip(decisions, actions, request["review_configs"], strict=True)
+    for position, (decision, action, config) in enumerate(calls, 1):
         where = f"decision {position} ({action['name']})"
         kind = decision.get("type") if isinstance(decision, dict) else None
         if kind not in ("approve", "edit", "reject"):
@@ -72,11 +83,24 @@ def check_response(request: ReviewRequest, response: Any, registry: ToolRegistry
                 raise InvalidDecision(f"{where}: an edit needs edited_action with args")
             if edited.get("name", action["name"]) != action["name"]:
                 raise InvalidDecision(f"{where}: an edit may change the arguments, not the tool")
-            try:
-                args = registry.validate_args(action["name"], edited["args"])
-            except InvalidArguments as exc:
-                raise InvalidArguments(exc.tool, exc.errors) from None
+            args = registry.validate_args(action["name"], edited["args"])
             checked.append({"type": "edit", "edited_action": {"name": action["name"], "args": args}})
+    return checked
+
+
+async def check_edited_call(registry: ToolRegistry, name: str, args: Any) -> dict[str, Any]:
+    """Edited arguments as the tool will get them: checked against its schema, then by the tool's own check;
+    an edit either refuses raises InvalidArguments naming the field at fault."""
+    checked = registry.validate_args(name, args)
+    assess = registry.get(name).assess
+    if assess is not None:
+        try:
+            found = await asyncio.wait_for(assess(checked), ASSESS_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            found = Assessment("deny", reason="it could not be checked in time")
+        if found.mode == "deny":
+            field = found.field if found.field in checked else next(iter(checked), "args")
+            raise InvalidArguments(name, {field: found.reason})
     return checked
 
 

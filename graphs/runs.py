@@ -6,40 +6,43 @@ moves a thread forward holds the thread's Redis lock and re-reads the checkpoint
 processes answering the same review at once cannot both run it. A process that cannot keep that lock
 (Redis unreachable, or the lock gone) stops the run before the lock can pass to anyone else and raises
 LockLost; the run stays marked running, and any replica's sweeper carries it on from its last checkpoint.
+
+Beside the checkpoints, each run has an entry in the run index (graphs.run_index: its task, status, the
+review it waits for) for fast listings; what a checkpoint says in words comes from graphs.history.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
-from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage
 from langgraph.graph.state import CompiledStateGraph
-from langgraph.types import Command, StateSnapshot
+from langgraph.types import Command
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
-from .agent import ASSESS_TIMEOUT_S, last_ai_message, message_text, proposed_outcomes
+from .agent import message_text, proposed_outcomes
 from .errors import (
-    ChatOpsError,
-    InvalidArguments,
+    EmptyTask,
     LockLost,
     NotPending,
     RunPaused,
     UnknownCheckpoint,
     UnknownRun,
 )
+from .history import close_open_calls, describe
+from .keys import DEFAULT_PREFIX, DEFAULT_TTL_S, Keys
 from .locks import ThreadLocks
 from .policy import Policy
-from .review import check_response
-from .tools import ToolRegistry, summarize_args
+from .review import check_edited_call, check_response
+from .run_index import RedisRunIndex, RunIndex
+from .tools import ToolRegistry
 from .types import (
-    Assessment,
     Cancelled,
     CheckpointInfo,
     Decision,
@@ -64,6 +67,9 @@ CANCEL_POLL_S = 0.25
 
 
 class Runs:
+    """The runs of one deployment: keys under ``prefix`` (graphs.keys), run entries kept ``ttl_s``, each thread
+    moved under its lock (``locks``, held ``lock_ttl_ms`` at a time and extended); ``redact`` cleans run errors."""
+
     def __init__(
         self,
         graph: CompiledStateGraph,
@@ -71,8 +77,8 @@ class Runs:
         policy: Policy,
         redis: Redis,
         *,
-        prefix: str = "chatops:",
-        ttl_s: int = 7 * 24 * 3600,
+        prefix: str = DEFAULT_PREFIX,
+        ttl_s: int = DEFAULT_TTL_S,
         recursion_limit: int = 60,
         lock_ttl_ms: int = 15_000,
         redact: Callable[[str], str] | None = None,
@@ -81,29 +87,13 @@ class Runs:
         self.registry = registry
         self.policy = policy
         self.redis = redis
-        self.locks = ThreadLocks(redis, prefix=f"{prefix}lock:", ttl_ms=lock_ttl_ms)
-        self._prefix = prefix
-        self._ttl_s = ttl_s
+        keys = Keys(prefix)
+        self.locks = ThreadLocks(redis, prefix=keys.lock_prefix, ttl_ms=lock_ttl_ms)
+        self._index: RunIndex = RedisRunIndex(redis, keys, ttl_s=ttl_s)
         self._recursion_limit = recursion_limit
         self._active: dict[str, asyncio.Task[Any]] = {}
         self._abandoned: set[asyncio.Task[Any]] = set()  # graphs stopped for a lost lock, still flushing writes
         self._redact = redact or (lambda text: text)  # a run's error may quote a secret (a model server's answer)
-
-    # --- keys -------------------------------------------------------------------------------
-
-    def _run_key(self, thread_id: str) -> str:
-        return f"{self._prefix}run:{thread_id}"
-
-    def _cancel_key(self, thread_id: str) -> str:
-        return f"{self._prefix}cancel:{thread_id}"
-
-    @property
-    def _pending_index(self) -> str:
-        return f"{self._prefix}pending"
-
-    @property
-    def _running_index(self) -> str:
-        return f"{self._prefix}running"
 
     def _config(self, thread_id: str, checkpoint_id: str | None = None) -> dict[str, Any]:
         configurable = {"thread_id": thread_id}
@@ -118,15 +108,14 @@ class Runs:
     ) -> RunResult:
         """Start a task on a thread (or a follow-up task on a finished one) and run until done or review."""
         if not task.strip():
-            raise ChatOpsError("the task is empty: say what you want done")
+            raise EmptyTask("the task is empty: say what you want done")
         async with self.locks.hold(thread_id):
             snapshot = await self.graph.aget_state(self._config(thread_id))
             if snapshot.interrupts:
                 raise RunPaused(f"thread {thread_id} is waiting for a review; decide or cancel it first")
-            now = time.time()
-            await self.redis.hsetnx(self._run_key(thread_id), "created_at", now)
-            await self._set_run(thread_id, task=task, requester=requester or "", status="running", error="")
-            await self.redis.delete(self._cancel_key(thread_id))
+            await self._index.begin(thread_id, time.time())
+            await self._index.update(thread_id, task=task, requester=requester or "", status="running", error="")
+            await self._index.clear_cancel(thread_id)
             update = {"messages": [HumanMessage(task)], "outcome": "", "report": ""}
             return await self._drive(thread_id, update, self._config(thread_id), on_event)
 
@@ -153,34 +142,25 @@ class Runs:
                 raise NotPending(f"that review of thread {thread_id} is no longer pending (already decided or replaced)")
             checked = check_response(pending.request, {"decisions": decisions}, self.registry)
             for decision in checked:
-                if decision["type"] == "edit":
+                if decision["type"] == "edit":  # the tool's own check too, which the graph does not run
                     await self.check_edit(decision["edited_action"]["name"], decision["edited_action"]["args"])
             answer: dict[str, Any] = {"decisions": checked}
             if decided_by:
                 answer["decided_by"] = decided_by
             # Marked running before the review leaves the pending index, so if this process stops right here the
             # sweeper still finds the thread (recover() puts a review that was never answered back as pending).
-            await self.redis.zadd(self._running_index, {thread_id: time.time()})
-            await self._clear_pending(thread_id)
-            await self._set_run(thread_id, status="running")
+            await self._index.mark_running(thread_id, time.time())
+            await self._index.clear_pending(thread_id)
+            await self._index.update(thread_id, status="running")
             await _safe_emit(on_event)(ReviewDecided(thread_id, interrupt_id, pending.request, checked, decided_by))
             command = Command(resume={interrupt_id: answer})
             return await self._drive(thread_id, command, self._config(thread_id), on_event)
 
     async def check_edit(self, name: str, args: Any) -> dict[str, Any]:
         """Edited arguments as the tool will get them: checked against its schema, then by the tool's own check
-        (where a URL or a channel really points); an edit the check refuses raises InvalidArguments."""
-        checked = self.registry.validate_args(name, args)
-        assess = self.registry.get(name).assess
-        if assess is not None:
-            try:
-                found = await asyncio.wait_for(assess(checked), ASSESS_TIMEOUT_S)
-            except asyncio.TimeoutError:
-                found = Assessment("deny", reason="it could not be checked in time")
-            if found.mode == "deny":
-                field = found.field if found.field in checked else next(iter(checked), "args")
-                raise InvalidArguments(name, {field: found.reason})
-        return checked
+        (where a URL or a channel really points); an edit the check refuses raises InvalidArguments. The same
+        check ``resume`` makes, so an edit dialog can show the errors before anything is answered."""
+        return await check_edited_call(self.registry, name, args)
 
     async def rewind(
         self,
@@ -197,9 +177,9 @@ class Runs:
         """
         async with self.locks.hold(thread_id):
             target = await self.rewind_target(thread_id, checkpoint_id)
-            await self._clear_pending(thread_id)
-            await self.redis.delete(self._cancel_key(thread_id))
-            await self._set_run(thread_id, status="running", rewound_by=by or "", rewound_to=target.checkpoint_id)
+            await self._index.clear_pending(thread_id)
+            await self._index.clear_cancel(thread_id)
+            await self._index.update(thread_id, status="running", rewound_by=by or "", rewound_to=target.checkpoint_id)
             return await self._drive(thread_id, None, self._config(thread_id, target.checkpoint_id), on_event)
 
     async def rewind_target(self, thread_id: str, checkpoint_id: str | None = None) -> CheckpointInfo:
@@ -226,17 +206,17 @@ class Runs:
 
     async def cancel(self, thread_id: str, *, by: str | None = None, wait_s: float = 15.0) -> RunResult:
         """Stop a running or paused run. A running one, here or in another process, stops at once."""
-        if not await self.redis.exists(self._run_key(thread_id)):
+        if not await self._index.read(thread_id):
             raise UnknownRun(f"no run with id {thread_id}")
-        await self.redis.set(self._cancel_key(thread_id), by or "-", ex=max(60, int(wait_s) * 2))
+        await self._index.request_cancel(thread_id, by, ttl_s=max(60, int(wait_s) * 2))
         task = self._active.get(thread_id)
         if task is not None:
             task.cancel()
         async with self.locks.hold(thread_id, wait_s=wait_s):
             await self._end(thread_id, "cancelled", f"Cancelled by {by}" if by else "Cancelled",
                             "the run was cancelled before this call ran")
-            await self._set_run(thread_id, cancelled_by=by or "")
-            await self.redis.delete(self._cancel_key(thread_id))
+            await self._index.update(thread_id, cancelled_by=by or "")
+            await self._index.clear_cancel(thread_id)
         return RunResult(thread_id, "cancelled")
 
     async def expire(self, thread_id: str, interrupt_id: str) -> bool:
@@ -246,7 +226,7 @@ class Runs:
             pending = await self._pending_from_checkpoint(thread_id)
             if pending is None or pending.interrupt_id != interrupt_id:
                 if pending is None:
-                    await self.redis.zrem(self._pending_index, thread_id)
+                    await self._index.clear_pending(thread_id)
                 return False
             await self._end(thread_id, "expired", "Expired: nobody decided in time",
                             "nobody approved this call in time; it did not run")
@@ -258,16 +238,16 @@ class Runs:
         if snapshot.next:
             await self.graph.aupdate_state(
                 self._config(thread_id),
-                {"messages": _close_open_calls(snapshot, unanswered), "outcome": outcome, "report": report},
+                {"messages": close_open_calls(snapshot, unanswered), "outcome": outcome, "report": report},
                 as_node="report",
             )
-        await self._clear_pending(thread_id)
-        await self._set_run(thread_id, status=outcome)
+        await self._index.clear_pending(thread_id)
+        await self._index.update(thread_id, status=outcome)
 
     async def orphans(self) -> list[str]:
         """Runs marked as running whose lock nobody holds: the process driving them stopped mid-way."""
         orphaned = []
-        for thread_id in await self.redis.zrange(self._running_index, 0, -1):
+        for thread_id in await self._index.running():
             if not await self.locks.is_held(thread_id):
                 orphaned.append(thread_id)
         return orphaned
@@ -277,37 +257,34 @@ class Runs:
         (the execution ledger reports them as of unknown outcome). None if there was nothing to carry on."""
         async with self.locks.hold(thread_id):
             snapshot = await self.graph.aget_state(self._config(thread_id))
-            if snapshot.interrupts or not snapshot.next or await self.redis.exists(self._cancel_key(thread_id)):
-                await self.redis.zrem(self._running_index, thread_id)
+            if snapshot.interrupts or not snapshot.next or await self._index.cancel_request(thread_id) is not None:
+                await self._index.clear_running(thread_id)
                 if snapshot.interrupts:
                     # It paused before its process could say so: say it now, so the card gets posted.
                     await self._settle(thread_id, _safe_emit(on_event))
                 return None
             log.warning("recovering run %s from its last checkpoint (next: %s)", thread_id, ", ".join(snapshot.next))
-            await self._set_run(thread_id, status="running", recovered_at=time.time())
+            await self._index.update(thread_id, status="running", recovered_at=time.time())
             return await self._drive(thread_id, None, self._config(thread_id), on_event)
 
     # --- reading ------------------------------------------------------------------------------
 
     async def pending(self) -> list[PendingReview]:
-        """Every review waiting for a human, oldest first, across all threads and processes."""
-        thread_ids = await self.redis.zrange(self._pending_index, 0, -1)
-        reviews = []
-        for thread_id in thread_ids:
-            raw = await self.redis.hget(self._run_key(thread_id), "pending")
-            if raw:
-                reviews.append(_pending_from_json(raw))
-            else:  # the run expired: drop it from the index
-                await self.redis.zrem(self._pending_index, thread_id)
-        return reviews
+        """Every review waiting for a human, oldest first, across all threads and processes.
+
+        Listed from the run index, not from the checkpoints: fast, but it may lag a checkpoint by a moment. Before
+        acting on one, read the thread's own review with ``pending_review`` (the source of truth)."""
+        return await self._index.pending()
 
     async def pending_review(self, thread_id: str) -> PendingReview | None:
-        """The review a thread waits for, read from its checkpoint (the source of truth)."""
+        """The review a thread waits for, read from its checkpoint: the source of truth, whatever ``pending``
+        lists. None if the thread waits for nothing."""
         return await self._pending_from_checkpoint(thread_id)
 
     async def info(self, thread_id: str) -> dict[str, str]:
-        """What is known about a run: task, requester, status, times, report, error."""
-        data = await self.redis.hgetall(self._run_key(thread_id))
+        """What the run index knows about a run: task, requester, status, times, report, error, who rewound or
+        cancelled it (graphs.run_index lists the fields)."""
+        data = await self._index.read(thread_id)
         if not data:
             raise UnknownRun(f"no run with id {thread_id}")
         data.pop("pending", None)
@@ -320,7 +297,7 @@ class Runs:
             async for s in self.graph.aget_state_history(self._config(thread_id))
             if s.config["configurable"].get("checkpoint_ns", "") == ""
         ]
-        return [_describe(s) for s in snapshots]
+        return [describe(s) for s in snapshots]
 
     # --- internals ----------------------------------------------------------------------------
 
@@ -330,7 +307,7 @@ class Runs:
         # So does a run this process stopped because it lost the thread's lock: it is neither failed nor
         # cancelled, and stays marked running for whichever replica's sweeper gets the lock next.
         try:
-            await self.redis.zadd(self._running_index, {thread_id: time.time()})
+            await self._index.mark_running(thread_id, time.time())
             result = await self._drive_once(thread_id, graph_input, config, on_event)
         except asyncio.CancelledError:
             reason = self.locks.stop_reason()
@@ -340,7 +317,7 @@ class Runs:
         except LockLost as exc:
             _log_lock_lost(thread_id, str(exc))
             raise
-        await self.redis.zrem(self._running_index, thread_id)
+        await self._index.clear_running(thread_id)
         return result
 
     async def _drive_once(
@@ -358,15 +335,15 @@ class Runs:
                 # We ourselves are being cancelled, not just the run: shutting down, or stopped by our
                 # lock's keeper because the thread's lock was lost (hold() raises LockLost). Not a user cancel.
                 raise
-            by = await self.redis.get(self._cancel_key(thread_id))
-            await emit(Cancelled(thread_id, by=None if by in (None, "-") else by))
+            by = await self._index.cancel_request(thread_id)
+            await emit(Cancelled(thread_id, by=by or None))
             return RunResult(thread_id, "cancelled")
         except LockLost:
             raise  # not a failure of the run: another replica carries it on (see _drive)
         except Exception as exc:  # noqa: BLE001 - a failed run is reported, not raised into the chat surface
             log.exception("run of thread %s failed", thread_id)
             error = self._redact(f"{exc.__class__.__name__}: {exc}")
-            await self._set_run(thread_id, status="failed", error=error[:2000])
+            await self._index.update(thread_id, status="failed", error=error[:2000])
             await emit(Failed(thread_id, error))
             return RunResult(thread_id, "failed", error=error)
         finally:
@@ -394,8 +371,9 @@ class Runs:
         stream.result()
 
     async def _stream(self, thread_id: str, graph_input: Any, config: dict[str, Any], emit: OnEvent) -> None:
-        # durability="sync": the checkpoint (with its pending interrupt) is in Redis before we report a
-        # pause, which also avoids the async saver race that hides interrupts (see docs).
+        # durability="sync": the checkpoint (with its pending interrupt) is in Redis before we report a pause.
+        # With the default "async", a checkpoint write can race its pending writes and leave a checkpoint that shows
+        # no interrupt, so a resume by interrupt id would silently ask again under a new id.
         async for mode, chunk in self.graph.astream(graph_input, config, stream_mode=STREAM_MODES, durability="sync"):
             for event in self._translate(thread_id, mode, chunk):
                 await emit(event)
@@ -433,7 +411,7 @@ class Runs:
     async def _watch_cancel(self, thread_id: str, stream: asyncio.Task[Any]) -> None:
         """Cancel requests may come from another process: poll the flag while this process runs the thread."""
         while not stream.done():
-            if await self.redis.exists(self._cancel_key(thread_id)):
+            if await self._index.cancel_request(thread_id) is not None:
                 stream.cancel()
                 return
             await asyncio.sleep(CANCEL_POLL_S)
@@ -442,22 +420,22 @@ class Runs:
         """Record where the run stopped (waiting, done) and say so."""
         pending = await self._pending_from_checkpoint(thread_id)
         if pending is not None:
-            await self._set_run(thread_id, status="waiting", pending=json.dumps(asdict(pending)))
-            await self.redis.zadd(self._pending_index, {thread_id: pending.created_at})
+            await self._index.list_pending(pending)
             await emit(ReviewRequested(thread_id, pending.interrupt_id, pending.request))
             return RunResult(thread_id, "waiting", pending=pending)
         snapshot = await self.graph.aget_state(self._config(thread_id))
         report = snapshot.values.get("report", "")
-        await self._set_run(thread_id, status="done", report=report[:4000])
+        await self._index.update(thread_id, status="done", report=report[:4000])
         await emit(Finished(thread_id, report))
         return RunResult(thread_id, "done", report=report)
 
     async def _pending_from_checkpoint(self, thread_id: str) -> PendingReview | None:
+        """The review the thread's checkpoint waits for (the source of truth), with its task and requester."""
         snapshot = await self.graph.aget_state(self._config(thread_id))
         if not snapshot.interrupts:
             return None
         interrupt = snapshot.interrupts[0]
-        run = await self.redis.hgetall(self._run_key(thread_id))
+        run = await self._index.read(thread_id)
         created = snapshot.created_at
         return PendingReview(
             thread_id=thread_id,
@@ -467,17 +445,6 @@ class Runs:
             requester=run.get("requester") or None,
             created_at=_timestamp(created),
         )
-
-    async def _clear_pending(self, thread_id: str) -> None:
-        await self.redis.zrem(self._pending_index, thread_id)
-        await self.redis.hdel(self._run_key(thread_id), "pending")
-
-    async def _set_run(self, thread_id: str, **fields: Any) -> None:
-        key = self._run_key(thread_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping={**{k: "" if v is None else v for k, v in fields.items()}, "updated_at": time.time()})
-            pipe.expire(key, self._ttl_s)
-            await pipe.execute()
 
 
 def _log_lock_lost(thread_id: str, reason: str) -> None:
@@ -493,85 +460,13 @@ def _safe_emit(on_event: OnEvent | None) -> OnEvent:
             return
         try:
             await on_event(event)
+        except RedisError as exc:  # an outage, not a bug: one line, and the run goes on as far as it can
+            log.error("run event listener could not reach Redis on %s (%s)", type(event).__name__, type(exc).__name__)
         except Exception:  # noqa: BLE001 - a broken listener must not break the run
             log.exception("run event listener failed on %s", type(event).__name__)
 
     return emit
 
 
-def _pending_from_json(raw: str) -> PendingReview:
-    return PendingReview(**json.loads(raw))
-
-
 def _timestamp(iso: str | None) -> float:
     return datetime.fromisoformat(iso).timestamp() if iso else time.time()
-
-
-def _close_open_calls(snapshot: StateSnapshot, reason: str) -> list[ToolMessage]:
-    """Tool results for calls that never ran, so a later turn's model request stays well-formed."""
-    messages = snapshot.values.get("messages", [])
-    ai = last_ai_message(messages)
-    if ai is None:
-        return []
-    answered = {m.tool_call_id for m in messages if isinstance(m, ToolMessage)}
-    return [
-        ToolMessage(reason, tool_call_id=c["id"], name=c["name"], status="error")
-        for c in ai.tool_calls
-        if c["id"] not in answered
-    ]
-
-
-def _describe(snapshot: StateSnapshot) -> CheckpointInfo:
-    values = snapshot.values or {}
-    messages = values.get("messages", [])
-    metadata = dict(snapshot.metadata or {})
-    step = int(metadata.get("step", -1))
-    nxt = tuple(snapshot.next)
-    ai = last_ai_message(messages)
-    results = [m for m in messages[messages.index(ai) + 1 :] if isinstance(m, ToolMessage)] if ai else []
-    ran = ", ".join(f"{m.name} {'failed' if m.status == 'error' else 'ok'}" for m in results)
-    last_review = values.get("reviews", [])[-1:] or [None]
-    if metadata.get("source") == "input" or not messages:
-        summary = "task received"
-    elif nxt == ("review",) and ai is not None:
-        if results:
-            waiting = [c["name"] for c in ai.tool_calls if c["id"] not in {m.tool_call_id for m in results}]
-            summary = f"tools finished: {ran}; still to review: {', '.join(waiting)}"
-        else:
-            proposed = ", ".join(f"{c['name']}({summarize_args(c['args'], 60)})" for c in ai.tool_calls)
-            summary = f"model proposed: {proposed}"
-        if snapshot.interrupts:
-            summary += " (asked for review)"
-    elif nxt == ("execute",) and last_review[0]:
-        summary = "review: " + _decisions_line(last_review[0])
-    elif nxt == ("planner",) and isinstance(messages[-1], HumanMessage):
-        summary = f"task: {message_text(messages[-1])[:120]}"
-    elif nxt == ("planner",) and last_review[0] and all(c["decision"] == "reject" for c in last_review[0]["calls"]):
-        summary = "review: " + _decisions_line(last_review[0])
-    elif nxt == ("planner",):
-        summary = f"tools finished: {ran}" if ran else "back to the model"
-    elif nxt == ("report",) and ai is not None:
-        summary = f"model answered: {message_text(ai)[:120]}"
-    elif not nxt:
-        outcome = values.get("outcome") or "done"
-        summary = f"{outcome}: {str(values.get('report', ''))[:120]}"
-    else:
-        summary = f"next: {', '.join(nxt)}"
-    parent = (snapshot.parent_config or {}).get("configurable", {}).get("checkpoint_id")
-    return CheckpointInfo(
-        checkpoint_id=snapshot.config["configurable"]["checkpoint_id"],
-        step=step,
-        next=nxt,
-        created_at=snapshot.created_at or "",
-        summary=summary,
-        parent_id=parent,
-        metadata={"source": metadata.get("source", "")},
-    )
-
-
-def _decisions_line(review: dict[str, Any]) -> str:
-    parts = []
-    for call in review["calls"]:
-        who = f" by {review['decided_by']}" if review.get("decided_by") and call["mode"] == "ask" else ""
-        parts.append(f"{call['name']} {call['decision']}{'d' if call['decision'].endswith('e') else 'ed'}{who}")
-    return ", ".join(parts)

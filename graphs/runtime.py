@@ -15,7 +15,7 @@ from .agent import build_graph
 from .builtin_tools import BUNDLED_RUNBOOKS, PostMessage, build_registry
 from .embedded_redis import EmbeddedRedis
 from .ledger import RedisLedger
-from .outbound import HttpAllowlist, OutboundGuard
+from .outbound import OutboundGuard
 from .planner import make_model
 from .policy import Policy
 from .redaction import Redactor
@@ -28,11 +28,13 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Runtime:
-    settings: CoreSettings
-    runs: Runs
-    redis: Redis
-    redis_url: str
-    embedded: EmbeddedRedis | None
+    """What ``open_runtime`` opened, valid until its block ends."""
+
+    settings: CoreSettings  # what it was opened with
+    runs: Runs  # the one way to move a thread: start, resume, rewind, cancel
+    redis: Redis  # the shared connection (answers as str), for the chat surface's own keys (graphs.keys)
+    redis_url: str  # REDIS_URL, or the embedded server's URL
+    embedded: EmbeddedRedis | None  # the embedded server started because REDIS_URL was unset, else None
 
 
 async def open_saver(redis_url: str, ttl_minutes: int) -> AsyncRedisSaver:
@@ -57,7 +59,8 @@ async def open_runtime(
     policy: Policy | None = None,
 ) -> AsyncIterator[Runtime]:
     """Everything a run needs. ``post_message``/``assess_post``: the chat surface's side of the post_message
-    tool (posting, and saying where a post goes and whom it notifies before anyone approves it)."""
+    tool (posting, and saying where a post goes and whom it notifies before anyone approves it). ``policy``:
+    the approval policy, when the caller already holds one; default ``settings.policy``."""
     settings = settings or CoreSettings.from_env()
     embedded = None
     redis_url = settings.redis_url
@@ -75,10 +78,10 @@ async def open_runtime(
             post_message,
             runbook_timeout_s=settings.runbook_timeout_s,
             runbook_env=settings.runbook_env,
-            guard=OutboundGuard(HttpAllowlist.parse(settings.http_allow)),  # a bad entry stops start-up (ConfigError)
+            guard=OutboundGuard(settings.allowlist),
             assess_post=assess_post,
         )
-        policy = policy or Policy.from_env()
+        policy = settings.policy if policy is None else policy
         ttl_s = settings.ttl_minutes * 60
         redactor = Redactor(settings.secrets, {str(runbooks.resolve()): "runbooks"})
         graph = build_graph(
@@ -86,7 +89,7 @@ async def open_runtime(
             registry,
             policy,
             checkpointer=saver,
-            ledger=RedisLedger(redis, prefix=f"{settings.key_prefix}exec:", ttl_s=ttl_s),
+            ledger=RedisLedger(redis, prefix=settings.keys.ledger_prefix, ttl_s=ttl_s),
             redactor=redactor,
         )
         runs = Runs(graph, registry, policy, redis, prefix=settings.key_prefix, ttl_s=ttl_s, redact=redactor)

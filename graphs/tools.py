@@ -19,6 +19,8 @@ DEFAULT_TIMEOUT_S = 30.0
 # Arguments longer than this cannot be reviewed by a person in any reasonable way: such a call is refused
 # before it reaches a card (the model is told), so a card can always show every value in full on request.
 MAX_ARGS_CHARS = 20_000
+# How long a tool's own check of one call (RegisteredTool.assess) may take; one that takes longer is refused.
+ASSESS_TIMEOUT_S = 15.0
 
 Assess = Callable[[dict[str, Any]], Awaitable[Assessment]]
 

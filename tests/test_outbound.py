@@ -18,16 +18,10 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from graphs.builtin_tools import ToolFailed, build_registry
-from graphs.errors import ConfigError
-from graphs.outbound import (
-    HttpAllowlist,
-    OutboundFailed,
-    OutboundGuard,
-    OutboundRefused,
-    is_internal,
-)
-from graphs.outbound import _target as target_of
+from graphs.builtin_tools import build_registry
+from graphs.errors import ConfigError, OutboundFailed, OutboundRefused, ToolFailed
+from graphs.outbound import HttpAllowlist, OutboundGuard, is_internal
+from graphs.outbound import parse_target as target_of
 from graphs.runtime import open_runtime
 from graphs.tools import CURRENT_CALL, CallContext
 from graphs.types import reject

@@ -18,7 +18,9 @@ from urllib.parse import urlencode
 
 import pytest
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 
+from graphs import Keys
 from sandbox.openai_server import rule
 from sandbox.slack import LocalSlack
 
@@ -586,6 +588,17 @@ async def test_a_redis_outage_during_a_click_or_mention_is_said_and_loses_nothin
             script_three_calls(model)
             thread = await mention(slack, TASK)
             card = await thread.wait_card()
+            # Down once the run has paused and let go of its thread (a click then finds nothing in progress).
+            lock = Keys(env["CHATOPS_KEY_PREFIX"]).lock_prefix + card_value(card).split(":")[0]
+            direct = AsyncRedis.from_url(redis_url)
+
+            async def released() -> bool:
+                return not await direct.exists(lock)
+
+            try:
+                await slack.wait_for(released, timeout=20, description="the run to let go of its thread")
+            finally:
+                await direct.aclose()
 
             proxy.refuse()  # Redis is down
             click = await slack.click_button(APPROVER, OPS, card["ts"], "approve")

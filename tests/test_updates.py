@@ -16,6 +16,7 @@ from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetry
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.updates import MessageUpdater, SharedBudget
+from graphs.keys import Keys
 from sandbox.slack import LocalSlack
 
 SECRET = "test-signing-secret"
@@ -96,8 +97,8 @@ def max_in_window(times: list[float], window_s: float) -> int:
 
 
 async def test_budget_admits_per_window_and_says_how_long_to_wait(rds: redis.asyncio.Redis, prefix: str) -> None:
-    a = SharedBudget(rds, f"{prefix}budget:chat.update", per_minute=3, window_s=0.5)
-    b = SharedBudget(rds, f"{prefix}budget:chat.update", per_minute=3, window_s=0.5)  # another replica
+    a = SharedBudget(rds, Keys(prefix).budget("chat.update"), per_minute=3, window_s=0.5)
+    b = SharedBudget(rds, Keys(prefix).budget("chat.update"), per_minute=3, window_s=0.5)  # another replica
     assert [await a.acquire(), await b.acquire(), await a.acquire()] == [0.0, 0.0, 0.0]
     wait = await b.acquire()
     assert 0 < wait <= 0.5
@@ -119,7 +120,7 @@ def test_a_client_that_sleeps_on_429_itself_is_refused(rds: redis.asyncio.Redis)
 async def test_quick_submits_coalesce_and_the_last_text_wins(
     slack: LocalSlack, client: AsyncWebClient, rds: redis.asyncio.Redis, prefix: str, updaters: list[MessageUpdater]
 ) -> None:
-    u = await started(updaters, client, rds, prefix=prefix, message_interval_s=0.3)
+    u = await started(updaters, client, rds, keys=Keys(prefix), message_interval_s=0.3)
     channel, [ts] = await post(client, slack, 1)
     for i in range(20):
         u.submit(channel, ts, text=f"step {i}/20")
@@ -141,7 +142,7 @@ async def test_final_goes_ahead_of_progress_when_the_budget_is_short(
 ) -> None:
     slack.set_rate_limit("chat.update", 3)
     channel, ts = await post(client, slack, 5)
-    u = await started(updaters, client, rds, prefix=prefix, per_minute=3)
+    u = await started(updaters, client, rds, keys=Keys(prefix), per_minute=3)
     for i, t in enumerate(ts):
         u.submit(channel, t, text=f"run {i}: step 1")
     u.submit(channel, ts[4], text="run 4: done", final=True)  # the newest message, yet it goes first
@@ -165,8 +166,8 @@ async def test_429_storm_pauses_every_replica_and_finals_still_arrive(
     slack: LocalSlack, client: AsyncWebClient, rds: redis.asyncio.Redis, prefix: str, updaters: list[MessageUpdater]
 ) -> None:
     channel, ts = await post(client, slack, 4)
-    a = await started(updaters, client, rds, prefix=prefix, message_interval_s=0.1)
-    b = await started(updaters, AsyncWebClient(token=TOKEN, base_url=slack.api_url), rds, prefix=prefix,
+    a = await started(updaters, client, rds, keys=Keys(prefix), message_interval_s=0.1)
+    b = await started(updaters, AsyncWebClient(token=TOKEN, base_url=slack.api_url), rds, keys=Keys(prefix),
                       message_interval_s=0.1)
     slack.inject_fault("chat.update", status=429, retry_after=1, times=5)
     for i, t in enumerate(ts):
@@ -194,8 +195,8 @@ async def test_two_replicas_stay_within_one_budget(
     slack: LocalSlack, client: AsyncWebClient, rds: redis.asyncio.Redis, prefix: str, updaters: list[MessageUpdater]
 ) -> None:
     channel, ts = await post(client, slack, 30)
-    a = await started(updaters, client, rds, prefix=prefix, per_minute=10)
-    b = await started(updaters, AsyncWebClient(token=TOKEN, base_url=slack.api_url), rds, prefix=prefix,
+    a = await started(updaters, client, rds, keys=Keys(prefix), per_minute=10)
+    b = await started(updaters, AsyncWebClient(token=TOKEN, base_url=slack.api_url), rds, keys=Keys(prefix),
                       per_minute=10)
     for i, t in enumerate(ts):
         (a if i % 2 else b).submit(channel, t, text=f"run {i}: done", final=True)
@@ -215,8 +216,8 @@ async def test_two_replicas_drain_everything_within_a_short_window(
 ) -> None:
     window_s, limit = 1.0, 4
     channel, ts = await post(client, slack, 10)
-    a = await started(updaters, client, rds, prefix=prefix, per_minute=limit, window_s=window_s)
-    b = await started(updaters, AsyncWebClient(token=TOKEN, base_url=slack.api_url), rds, prefix=prefix,
+    a = await started(updaters, client, rds, keys=Keys(prefix), per_minute=limit, window_s=window_s)
+    b = await started(updaters, AsyncWebClient(token=TOKEN, base_url=slack.api_url), rds, keys=Keys(prefix),
                       per_minute=limit, window_s=window_s)
     for i, t in enumerate(ts):
         (a if i % 2 else b).submit(channel, t, text=f"run {i}: done", final=True)
@@ -236,7 +237,7 @@ async def test_permanent_errors_drop_that_edit_only(
 ) -> None:
     caplog.set_level(logging.INFO, logger="bot.updates")
     channel, [ok_ts, card_ts] = await post(client, slack, 2)
-    u = await started(updaters, client, rds, prefix=prefix)
+    u = await started(updaters, client, rds, keys=Keys(prefix))
     u.submit(channel, "1700000000.000001", text="lost", final=True)
     too_long_header = [{"type": "header", "text": {"type": "plain_text", "text": "x" * 200}}]
     u.submit(channel, card_ts, text="card", blocks=too_long_header, final=True)
@@ -258,7 +259,7 @@ async def test_server_errors_are_retried_with_backoff(
     slack: LocalSlack, client: AsyncWebClient, rds: redis.asyncio.Redis, prefix: str, updaters: list[MessageUpdater]
 ) -> None:
     channel, [ts] = await post(client, slack, 1)
-    u = await started(updaters, client, rds, prefix=prefix, retry_base_s=0.1)
+    u = await started(updaters, client, rds, keys=Keys(prefix), retry_base_s=0.1)
     slack.inject_fault("chat.update", status=500, times=2)
     u.submit(channel, ts, text="run 0: done", final=True)
 
@@ -274,7 +275,7 @@ async def test_server_errors_give_up_after_max_attempts(
     slack: LocalSlack, client: AsyncWebClient, rds: redis.asyncio.Redis, prefix: str, updaters: list[MessageUpdater]
 ) -> None:
     channel, [ts] = await post(client, slack, 1)
-    u = await started(updaters, client, rds, prefix=prefix, retry_base_s=0.05, max_attempts_5xx=3)
+    u = await started(updaters, client, rds, keys=Keys(prefix), retry_base_s=0.05, max_attempts_5xx=3)
     slack.inject_fault("chat.update", status=503, times=10)
     u.submit(channel, ts, text="run 0: done", final=True)
     assert await u.flush(channel, ts, timeout_s=5) is False
@@ -285,7 +286,7 @@ async def test_close_delivers_what_is_pending(
     slack: LocalSlack, client: AsyncWebClient, rds: redis.asyncio.Redis, prefix: str
 ) -> None:
     channel, ts = await post(client, slack, 3)
-    u = MessageUpdater(client, rds, prefix=prefix)
+    u = MessageUpdater(client, rds, keys=Keys(prefix))
     await u.start()
     for i, t in enumerate(ts):
         u.submit(channel, t, text=f"run {i}: step 1")
@@ -303,7 +304,7 @@ async def test_close_is_bounded_when_slack_keeps_us_waiting(
     slack: LocalSlack, client: AsyncWebClient, rds: redis.asyncio.Redis, prefix: str
 ) -> None:
     channel, [ts] = await post(client, slack, 1)
-    u = MessageUpdater(client, rds, prefix=prefix)
+    u = MessageUpdater(client, rds, keys=Keys(prefix))
     await u.start()
     slack.inject_fault("chat.update", status=429, retry_after=30)
     u.submit(channel, ts, text="run 0: done", final=True)

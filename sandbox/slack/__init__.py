@@ -5,9 +5,9 @@
         await slack.post_user_message("U0ALICE", "#ops", "<@U0BOT> restart api")
 """
 
-from .delivery import Delivery
 from .server import LocalSlack
 from .signing import signature, signed_headers
+from .transport import Delivery
 from .workspace import SlackError, Workspace
 
 __all__ = ["Delivery", "LocalSlack", "SlackError", "Workspace", "signature", "signed_headers"]

@@ -16,8 +16,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
@@ -25,44 +24,13 @@ import aiohttp
 from . import blockkit
 from .calllog import CallLog
 from .signing import signed_headers
+from .transport import Delivery, SocketTransport
 from .workspace import JSON, SlackError, Workspace
-
-if TYPE_CHECKING:
-    from .socket_mode import SocketModeHub
 
 SLACK_USER_AGENT = "Slackbot 1.0 (+https://api.slack.com/robots)"
 FORM = "application/x-www-form-urlencoded"
 # Interactions whose ack may carry an answer (response_action, options): Socket Mode says so on the envelope.
 ANSWERING_INTERACTIONS = frozenset({"view_submission", "block_suggestion"})
-
-
-@dataclass
-class Delivery:
-    """One POST to the bot and its answer. `status` is 0 when no HTTP answer came (timeout, refused).
-
-    Over Socket Mode (`transport == "socket"`): status 200 once the envelope is acked, `body` the ack's payload as
-    JSON ("" when the ack has none), `headers` empty."""
-
-    kind: str
-    status: int
-    headers: dict[str, str]
-    body: str
-    latency_ms: float
-    request: Any = None  # the payload as sent (dict), or the raw body for deliver_raw
-    error: str | None = None
-    notes: list[str] = field(default_factory=list)  # what the local Slack did with the answer
-    transport: str = "http"  # or "socket"
-
-    @property
-    def ok(self) -> bool:
-        return 200 <= self.status < 300
-
-    @property
-    def json(self) -> Any:
-        try:
-            return json.loads(self.body) if self.body else None
-        except ValueError:
-            return None
 
 
 class Deliverer:
@@ -83,7 +51,7 @@ class Deliverer:
         self._base_url = base_url
         self.verification_token = verification_token
         self.timeout = timeout
-        self.socket: SocketModeHub | None = None  # set by LocalSlack: Socket Mode delivery when the bot uses it
+        self.socket: SocketTransport | None = None  # set by LocalSlack: Socket Mode delivery when the bot uses it
 
     # ------------------------------------------------------------------ transport
 

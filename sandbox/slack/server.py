@@ -20,9 +20,10 @@ from typing import Any
 from aiohttp import web
 
 from .calllog import CallLog, Entry
-from .delivery import Deliverer, Delivery
+from .delivery import Deliverer
 from .limits import Fault, Limiter
 from .socket_mode import SocketModeHub
+from .transport import Delivery
 from .web_api import ApiContext, build_routes
 from .workspace import JSON, Workspace
 

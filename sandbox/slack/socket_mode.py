@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from .calllog import CallLog
-from .delivery import Delivery
+from .transport import Delivery
 from .workspace import JSON, Workspace
 
 LINK_PATH = "/link/"

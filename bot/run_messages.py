@@ -1,0 +1,192 @@
+"""A run's messages in its Slack thread: the progress message, folded from run events, and its approval cards.
+
+The progress message is edited through the ``MessageUpdater`` (coalesced, within Slack's budget). An approval
+card is posted by whoever holds the thread's lock — the run's driver when it pauses, or a sweeper for a card
+that never reached Slack — so two replicas never post one card twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from graphs.errors import RunBusy
+from graphs.runs import OnEvent, Runs
+from graphs.types import (
+    PendingReview,
+    ReviewDecided,
+    ReviewRequest,
+    ReviewRequested,
+    RunEvent,
+    Token,
+)
+
+from .approvers import Approvers
+from .audit import AuditLog
+from .cards import CardRef, approval_card, closed_card, decided_card
+from .progress import Progress
+from .slack_io import POST_ATTEMPTS, SlackIO, Undelivered
+from .store import RunRecord, SlackStore
+from .updates import MessageUpdater
+
+log = logging.getLogger(__name__)
+
+TOKEN_RENDER_S = 0.5
+# A card not on Slack this long after its review was checkpointed is re-posted by a sweeper (the process that
+# should have posted it died, or Slack refused it); then with back-off, for as long as the review may wait.
+CARD_GRACE_S = 10.0
+CARD_RETRY_MAX_S = 300.0
+
+
+class RunMessages:
+    def __init__(self, io: SlackIO, store: SlackStore, updater: MessageUpdater, runs: Runs, approvers: Approvers,
+                 audit: AuditLog) -> None:
+        self._io = io
+        self._store = store
+        self._updater = updater
+        self._runs = runs
+        self._approvers = approvers
+        self._audit = audit
+        self._policy = runs.policy
+
+    # --- the progress message ---------------------------------------------------------------------
+
+    def show(self, progress: Progress, channel: str, ts: str) -> None:
+        text, blocks = progress.render()
+        # End states and pauses jump the queue; streaming progress waits its turn.
+        self._updater.submit(channel, ts, text=text, blocks=blocks, final=progress.final or progress.status == "waiting")
+
+    def listener(self, record: RunRecord, progress: Progress) -> OnEvent:
+        """What the run's events do to its thread: the progress message, cards, decided cards, the audit log."""
+        run_id, channel, progress_ts = record.run_id, record.channel, record.progress_ts
+        last_shown = [0.0]
+
+        async def on_event(event: RunEvent) -> None:
+            if isinstance(event, Token):
+                # Tokens arrive by the dozen per second; a message is edited at most about once a second, so
+                # render now and then. Every stream ends with another event, which renders the latest text.
+                progress.apply(event)
+                now = time.monotonic()
+                if now - last_shown[0] >= TOKEN_RENDER_S:
+                    last_shown[0] = now
+                    self.show(progress, channel, progress_ts)
+                return
+            if isinstance(event, ReviewDecided):
+                await self.show_decision(run_id, event)
+                await self._audit.record_decision(run_id, event)
+                progress.decided([(a["tool_call_id"], d["type"]) for a, d in
+                                  zip(event.request["action_requests"], event.decisions, strict=True)],
+                                 event.decided_by or "?")
+            if isinstance(event, ReviewRequested):
+                # The card first: the progress message says "see the card below" only once there is one.
+                progress.card_undelivered = not await self.deliver_card(run_id, event.interrupt_id, event.request)
+            if progress.apply(event) or isinstance(event, ReviewDecided):
+                self.show(progress, channel, progress_ts)
+            if isinstance(event, ReviewRequested) or progress.final:
+                await self._store.save_progress(run_id, progress)
+
+        return on_event
+
+    async def show_end(self, run_id: str, status: str, note: str) -> None:
+        """Rewrite the progress message as ended (cancelled, expired) with a note in our own words."""
+        record = await self._store.run(run_id)
+        if record is None or not record.progress_ts:
+            return
+        progress = record.progress_state()
+        progress.status, progress.note = status, note
+        await self._store.save_progress(run_id, progress)
+        self.show(progress, record.channel, record.progress_ts)
+
+    # --- cards --------------------------------------------------------------------------------------
+
+    async def deliver_card(self, run_id: str, interrupt_id: str, request: ReviewRequest) -> bool:
+        """Post the approval card of a pending review, once; True if it is on Slack. The caller holds the thread's
+        lock. A failure is recorded with when to try again, and any replica's sweeper tries again then."""
+        record = await self._store.run(run_id)
+        if record is None:
+            return False
+        if record.card(interrupt_id):
+            return True
+        pending = await self._runs.pending_review(run_id)
+        if pending is None or pending.interrupt_id != interrupt_id:
+            return True  # decided, rewound or cancelled meanwhile: nothing to post
+        text, blocks = approval_card(
+            CardRef(run_id, interrupt_id), request, requester=record.requester, task=record.task,
+            required=self._approvers.required(request, range(len(request["action_requests"]))),
+            expires_at=pending.created_at + self._policy.expires_after_s,
+        )
+        attempts = record.card_attempts + 1 if record.card_for == interrupt_id else 1
+        try:
+            ts = await self._io.post_or_raise(record.channel, record.thread_ts, text, blocks,
+                                              attempts=POST_ATTEMPTS if attempts == 1 else 1)
+        except Undelivered as exc:
+            delay = min(CARD_RETRY_MAX_S, max(exc.retry_after, CARD_GRACE_S * 2 ** min(attempts - 1, 8)))
+            log.warning("the approval card of run %s was not delivered (attempt %d: %s); trying again in %.0fs",
+                        run_id, attempts, exc, delay)
+            await self._store.update(run_id, card_for=interrupt_id, card_attempts=attempts,
+                                     card_retry_at=time.time() + delay)
+            return False
+        await self._store.update(run_id, card_ts=ts, card_channel=record.channel, card_interrupt=interrupt_id,
+                                 card_for=interrupt_id, card_attempts=0, card_retry_at=0)
+        return True
+
+    async def redeliver_card(self, pending: PendingReview) -> None:
+        """A pending review whose card is not on Slack: post it, and say on the progress message how it stands."""
+        try:
+            # The thread's lock: not while its driver (maybe posting this very card) or a click holds it.
+            async with self._runs.locks.hold(pending.thread_id):
+                delivered = await self.deliver_card(pending.thread_id, pending.interrupt_id, pending.request)
+                record = await self._store.run(pending.thread_id)
+                if record is None or not record.progress_ts:
+                    return
+                progress = record.progress_state()
+                if progress.status == "waiting" and progress.card_undelivered == (not delivered):
+                    return  # the message already says so
+                progress.status, progress.card_undelivered = "waiting", not delivered
+                await self._store.save_progress(pending.thread_id, progress)
+                self.show(progress, record.channel, record.progress_ts)
+        except RunBusy:
+            pass  # someone is working on the thread; the next sweep looks again
+
+    @staticmethod
+    def card_due(pending: PendingReview, record: RunRecord | None, now: float) -> bool:
+        """Whether a pending review's card is missing from Slack and it is time to try posting it."""
+        if record is None or record.card(pending.interrupt_id):
+            return False
+        if record.card_for == pending.interrupt_id and record.card_retry_at:
+            return now >= record.card_retry_at
+        return now - pending.created_at >= CARD_GRACE_S  # the run's own process had its chance
+
+    async def show_decision(self, run_id: str, event: ReviewDecided) -> None:
+        record = await self._store.run(run_id)
+        card = record.card(event.interrupt_id) if record else None
+        if record is None or card is None:
+            return
+        text, blocks = decided_card(
+            CardRef(run_id, event.interrupt_id), event.request, event.decisions, decided_by=event.decided_by or "?",
+            requester=record.requester, task=record.task,
+        )
+        self._updater.submit(*card, text=text, blocks=blocks, final=True)
+
+    def show_proposal(self, ref: CardRef, pending: PendingReview, record: RunRecord, *, required: int,
+                      approved_by: list[str], proposal: list[Any]) -> None:
+        """A card that needs several approvers, after the first: the standing proposal and who approved so far."""
+        card = record.card(ref.interrupt_id)
+        if card is None:
+            return
+        text, blocks = approval_card(
+            ref, pending.request, requester=record.requester, task=record.task, required=required,
+            approved_by=approved_by, proposal=proposal, expires_at=pending.created_at + self._policy.expires_after_s,
+        )
+        self._updater.submit(*card, text=text, blocks=blocks, final=True)
+
+    async def close_card(self, run_id: str, pending: PendingReview, *, title: str, reason: str) -> None:
+        """A card that can no longer be answered (cancelled, expired, replaced), with ``reason`` in our words."""
+        record = await self._store.run(run_id)
+        card = record.card(pending.interrupt_id) if record else None
+        if record is None or card is None:
+            return
+        text, blocks = closed_card(CardRef(run_id, pending.interrupt_id), pending.request, title=title, reason=reason,
+                                   task=record.task)
+        self._updater.submit(*card, text=text, blocks=blocks, final=True)
