@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 CHROMIUM ?= /usr/bin/chromium
 export CHROMIUM
 
-.PHONY: run demo test browser bench clean
+.PHONY: run demo check test browser bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -24,7 +24,14 @@ run: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(PY) -m graphs
 
-test: $(VENV)/.installed browser
+# Lint, format, types and layering (the contracts in pyproject.toml); `make test` runs it first.
+check: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+test: check browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Chromium comes from Debian, not from `playwright install` (which downloads browsers of its own). Installing

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
 
+from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.redis.aio import AsyncRedisSaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
@@ -63,7 +64,10 @@ def floor_graph(saver: AsyncRedisSaver, runbook: Path) -> CompiledStateGraph:
         if state.get("decision") != "approve":
             return {"output": "rejected"}
         process = await asyncio.create_subprocess_exec(
-            "bash", str(runbook), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            "bash",
+            str(runbook),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
         )
         output, _ = await asyncio.wait_for(process.communicate(), CYCLE_TIMEOUT_S)
@@ -88,15 +92,17 @@ async def bare_langgraph_cycles(redis_url: str, runbook: Path, cycles: int) -> l
         graph = floor_graph(saver, runbook)
         samples = []
         for n in range(WARMUP_CYCLES + cycles):
-            config = {"configurable": {"thread_id": f"bench-floor-{uuid.uuid4().hex}"}}
+            config: RunnableConfig = {"configurable": {"thread_id": f"bench-floor-{uuid.uuid4().hex}"}}
             started = time.perf_counter()
-            paused = await asyncio.wait_for(graph.ainvoke({"task": RECORD_TASK}, config, durability="sync"),
-                                            CYCLE_TIMEOUT_S)
+            paused = await asyncio.wait_for(
+                graph.ainvoke({"task": RECORD_TASK}, config, durability="sync"), CYCLE_TIMEOUT_S
+            )
             if "__interrupt__" not in paused:
                 raise RuntimeError(f"the floor graph did not pause for review: {paused}")
             resumed = time.perf_counter()
-            done = await asyncio.wait_for(graph.ainvoke(Command(resume={"type": "approve"}), config,
-                                                        durability="sync"), CYCLE_TIMEOUT_S)
+            done = await asyncio.wait_for(
+                graph.ainvoke(Command(resume={"type": "approve"}), config, durability="sync"), CYCLE_TIMEOUT_S
+            )
             if not str(done.get("output", "")).startswith("recorded"):
                 raise RuntimeError(f"the floor graph did not run the runbook: {done}")
             finished = time.perf_counter()
@@ -110,16 +116,22 @@ async def bare_langgraph_cycles(redis_url: str, runbook: Path, cycles: int) -> l
 async def runs_layer_cycles(redis_url: str, model_url: str, runbooks: Path, cycles: int) -> list[CycleSample]:
     """`cycles` approval cycles through `graphs.runs.Runs` (the bot's core, no Slack) with the scripted model."""
     settings = CoreSettings(
-        redis_url=redis_url, openai_base_url=model_url, openai_api_key="bench-key", model="scripted",
-        runbooks_dir=runbooks, runbook_timeout_s=CYCLE_TIMEOUT_S, key_prefix=f"benchruns{uuid.uuid4().hex[:8]}:",
+        redis_url=redis_url,
+        openai_base_url=model_url,
+        openai_api_key="bench-key",
+        model="scripted",
+        runbooks_dir=runbooks,
+        runbook_timeout_s=CYCLE_TIMEOUT_S,
+        key_prefix=f"benchruns{uuid.uuid4().hex[:8]}:",
     )
     samples = []
     async with open_runtime(settings) as runtime:
         for n in range(WARMUP_CYCLES + cycles):
             thread_id = f"bench-runs-{uuid.uuid4().hex[:12]}"
             started = time.perf_counter()
-            paused = await asyncio.wait_for(runtime.runs.start(thread_id, RECORD_TASK, requester=REQUESTER),
-                                            CYCLE_TIMEOUT_S)
+            paused = await asyncio.wait_for(
+                runtime.runs.start(thread_id, RECORD_TASK, requester=REQUESTER), CYCLE_TIMEOUT_S
+            )
             if paused.status != "waiting" or paused.pending is None:
                 raise RuntimeError(f"the Runs layer did not pause for review: {paused}")
             resumed = time.perf_counter()

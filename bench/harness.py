@@ -43,12 +43,15 @@ def model_rules(stream_words: int, chunk_delay_s: float) -> list[dict[str, Any]]
     """The script: slow streams keep runs in flight, probes finish at once, the record task asks for approval."""
     long_text = " ".join(f"step{n}" for n in range(stream_words)) + "."
     return [
-        {"when": {"last_user_contains": "stream slowly"},
-         "reply": {"text": long_text, "chunk_delay": chunk_delay_s}},
+        {"when": {"last_user_contains": "stream slowly"}, "reply": {"text": long_text, "chunk_delay": chunk_delay_s}},
         {"when": {"last_user_contains": "probe"}, "reply": {"text": "Nothing to do for a probe."}},
-        {"when": {"last_user_contains": "record runbook", "has_tool_results": False},
-         "reply": {"text": "Running the record runbook.",
-                   "tool_calls": [{"name": "run_runbook", "args": {"name": "record"}}]}},
+        {
+            "when": {"last_user_contains": "record runbook", "has_tool_results": False},
+            "reply": {
+                "text": "Running the record runbook.",
+                "tool_calls": [{"name": "run_runbook", "args": {"name": "record"}}],
+            },
+        },
         {"when": {"has_tool_results": True}, "reply": {"text": "Recorded: the runbook ran."}},
     ]
 
@@ -68,11 +71,13 @@ class ModelServer:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def start(self) -> "ModelServer":
+    def start(self) -> ModelServer:
         with open(self.log_path, "ab") as log:
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "sandbox.openai_server", "--script", str(self.script), "--port", str(self.port)],
-                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + MODEL_START_TIMEOUT_S
         request = urllib.request.Request(f"{self.base_url}/models", headers={"Authorization": "Bearer bench"})
@@ -108,7 +113,7 @@ def write_runbooks(folder: Path) -> Path:
     """A runbooks folder with ``record.sh``, which echoes and exits 0."""
     folder.mkdir(parents=True, exist_ok=True)
     script = folder / "record.sh"
-    script.write_text("#!/usr/bin/env bash\n# record (benchmark runbook)\necho \"recorded $$\"\n")
+    script.write_text('#!/usr/bin/env bash\n# record (benchmark runbook)\necho "recorded $$"\n')
     script.chmod(0o755)
     return folder
 
@@ -149,7 +154,7 @@ class SlackBot:
         self.bot: BotProcess | None = None
         self._lock = threading.Lock()
 
-    def start(self) -> "SlackBot":
+    def start(self) -> SlackBot:
         self.slack.start()
         self.bot = BotProcess({**self._env, "SLACK_API_URL": self.slack.api_url}, self.log_path)
         self.bot.start()

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any, TypeVar
 
 from sandbox.slack import Delivery, LocalSlack
@@ -112,25 +114,40 @@ class AckLoad:
         return max(self.samples, key=lambda sample: sample[2], default=None)
 
 
-async def ack_load(slack: LocalSlack, channel: str, in_flight: int, *, events: int, ticks: int, approves: int,
-                   interval_s: float, bot_pid: int | None = None) -> AckLoad:
+async def ack_load(
+    slack: LocalSlack,
+    channel: str,
+    in_flight: int,
+    *,
+    events: int,
+    ticks: int,
+    approves: int,
+    interval_s: float,
+    bot_pid: int | None = None,
+) -> AckLoad:
     """Start `in_flight` slowly streaming runs, then send mentions, checkbox ticks and approve clicks one every
     `interval_s` (open loop: none waits for the previous answer) and record every ack."""
     result = AckLoad(in_flight)
     poll = 0.2
     # Cards to click: one per approve probe, and one more whose checkbox takes every tick.
-    card_threads = await bounded_gather([lambda: mention(slack, channel, RECORD_TASK)
-                                         for _ in range(approves + 1)], SETUP_CONCURRENCY)
+    card_threads = await bounded_gather(
+        [lambda: mention(slack, channel, RECORD_TASK) for _ in range(approves + 1)], SETUP_CONCURRENCY
+    )
     cards = await asyncio.gather(*(t.wait_card(STEP_TIMEOUT_S, poll) for t in card_threads))
     tick_card, approve_cards = cards[0], list(cards[1:])
     block_id, action_id, option = checkbox_of(tick_card)
 
-    workers = await bounded_gather([lambda: mention(slack, channel, STREAM_TASK) for _ in range(in_flight)],
-                                   SETUP_CONCURRENCY)
+    workers = await bounded_gather(
+        [lambda: mention(slack, channel, STREAM_TASK) for _ in range(in_flight)], SETUP_CONCURRENCY
+    )
     # In flight means streaming: every progress message edited with model text at least once (so the burst of
     # starting N runs is over before the window opens).
-    await slack.wait_for(lambda: all((t.progress() or {}).get("edited", 0) >= 1 for t in workers),
-                         timeout=STEP_TIMEOUT_S, interval=poll, description=f"{in_flight} runs to stream")
+    await slack.wait_for(
+        lambda: all((t.progress() or {}).get("edited", 0) >= 1 for t in workers),
+        timeout=STEP_TIMEOUT_S,
+        interval=poll,
+        description=f"{in_flight} runs to stream",
+    )
 
     probe_threads: list[SlackThread] = []
     clicks: list[tuple[str, float]] = []  # (card ts, wall clock just before the click was sent)
@@ -148,8 +165,13 @@ async def ack_load(slack: LocalSlack, channel: str, in_flight: int, *, events: i
 
     async def tick_probe(checked: bool) -> None:
         sent = now()
-        result.record("tick", await slack.toggle_checkbox(APPROVER, channel, tick_card["ts"], block_id, action_id,
-                                                          option, checked=checked), sent)
+        result.record(
+            "tick",
+            await slack.toggle_checkbox(
+                APPROVER, channel, tick_card["ts"], block_id, action_id, option, checked=checked
+            ),
+            sent,
+        )
 
     async def approve_probe(card: dict[str, Any]) -> None:
         sent = now()
@@ -157,11 +179,11 @@ async def ack_load(slack: LocalSlack, channel: str, in_flight: int, *, events: i
         result.record("approve", await slack.click_button(APPROVER, channel, card["ts"], "approve"), sent)
 
     # Interleave the kinds evenly, so each sees the same load.
-    plan: list[Callable[[], Awaitable[None]]] = []
-    queues: list[list[Callable[[], Awaitable[None]]]] = [
+    plan: list[Callable[[], Coroutine[Any, Any, None]]] = []
+    queues: list[list[Callable[[], Coroutine[Any, Any, None]]]] = [
         [event_probe] * events,
-        [(lambda c=n % 2 == 0: tick_probe(c)) for n in range(ticks)],
-        [(lambda card=card: approve_probe(card)) for card in approve_cards],
+        [functools.partial(tick_probe, n % 2 == 0) for n in range(ticks)],
+        [functools.partial(approve_probe, card) for card in approve_cards],
     ]
     while any(queues):
         for queue in queues:
@@ -257,8 +279,17 @@ class CycleRun:
         return len(self.cycles) / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
 
-async def run_cycles(slack: LocalSlack, channel: str, label: str, *, concurrency: int, total: int | None = None,
-                     time_box_s: float | None = None, poll_s: float = 0.1, bot_pid: int | None = None) -> CycleRun:
+async def run_cycles(
+    slack: LocalSlack,
+    channel: str,
+    label: str,
+    *,
+    concurrency: int,
+    total: int | None = None,
+    time_box_s: float | None = None,
+    poll_s: float = 0.1,
+    bot_pid: int | None = None,
+) -> CycleRun:
     """`concurrency` people each doing cycles back to back, until `total` are done or the time box closes
     (cycles still running then are abandoned and not counted)."""
     if total is None and time_box_s is None:
@@ -323,7 +354,7 @@ class UpdateCalls:
     def longest_silence(self) -> float:
         """The longest stretch without a chat.update call."""
         points = [self.start, *self.times, self.end]
-        return max(b - a for a, b in zip(points, points[1:]))
+        return max(b - a for a, b in pairwise(points))
 
     def saturated_at(self, budget: int) -> float | None:
         """When the `budget`-th call of a window went out: from then on the budget limits the bot."""
@@ -347,5 +378,6 @@ def update_calls(slack: LocalSlack, since: float, until: float | None = None) ->
     for entry in entries:
         kind = edit_kind(str((entry.get("params") or {}).get("text", "")))
         kinds[kind] = kinds.get(kind, 0) + 1
-    return UpdateCalls(since, until, sorted(e["time"] for e in entries),
-                       sum(1 for e in entries if e.get("status") == 429), kinds)
+    return UpdateCalls(
+        since, until, sorted(e["time"] for e in entries), sum(1 for e in entries if e.get("status") == 429), kinds
+    )

@@ -62,11 +62,15 @@ class Table:
     def render(self) -> str:
         texts = [[fmt(c, self.digits.get(self.columns[i], 0)) for i, c in enumerate(row)] for row in self.rows]
         widths = [max([len(h), *(len(r[i]) for r in texts)]) for i, h in enumerate(self.columns)]
-        numeric = [all(isinstance(row[i], (int, float)) or row[i] is None for row in self.rows) and i > 0
-                   for i in range(len(self.columns))]
+        numeric = [
+            all(isinstance(row[i], (int, float)) or row[i] is None for row in self.rows) and i > 0
+            for i in range(len(self.columns))
+        ]
 
         def line(cells: list[str]) -> str:
-            return "  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(cells, widths, numeric)).rstrip()
+            return "  ".join(
+                c.rjust(w) if num else c.ljust(w) for c, w, num in zip(cells, widths, numeric, strict=True)
+            ).rstrip()
 
         out = [self.title, "=" * len(self.title), line(self.columns), line(["-" * w for w in widths])]
         out += [line(r) for r in texts]

@@ -64,8 +64,9 @@ async def serve(settings: BotSettings) -> None:
 
             socket_handler = AsyncSocketModeHandler(app, settings.app_token)
             await socket_handler.connect_async()
-            log.info("connected to Slack in Socket Mode; health check on http://%s:%d/healthz", settings.host,
-                     settings.port)
+            log.info(
+                "connected to Slack in Socket Mode; health check on http://%s:%d/healthz", settings.host, settings.port
+            )
         else:
             log.info("listening on http://%s:%d/slack/events (HTTP mode)", settings.host, settings.port)
 
@@ -91,6 +92,7 @@ def main() -> None:
         sys.exit(f"configuration error: {exc}")
     logging.getLogger().setLevel(settings.log_level)
     asyncio.run(serve(settings))
+
 
 if __name__ == "__main__":
     main()

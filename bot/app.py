@@ -70,8 +70,13 @@ def missing_fields(body: dict[str, Any]) -> str | None:
 
 
 def build_app(settings: BotSettings, client: AsyncWebClient, surface: Surface) -> AsyncApp:
-    io, store, lifecycle, approvals, commands = (surface.io, surface.store, surface.lifecycle, surface.approvals,
-                                                 surface.commands)
+    io, store, lifecycle, approvals, commands = (
+        surface.io,
+        surface.store,
+        surface.lifecycle,
+        surface.approvals,
+        surface.commands,
+    )
     app = AsyncApp(
         client=client,
         signing_secret=settings.signing_secret or "",
@@ -103,8 +108,11 @@ def build_app(settings: BotSettings, client: AsyncWebClient, surface: Surface) -
             return
         io.spawn(
             lifecycle.ask(
-                channel=event["channel"], user=event["user"], text=event.get("text", ""),
-                message_ts=event["ts"], thread_ts=event.get("thread_ts"),
+                channel=event["channel"],
+                user=event["user"],
+                text=event.get("text", ""),
+                message_ts=event["ts"],
+                thread_ts=event.get("thread_ts"),
             ),
             f"ask {event_id}",
             where=where,
@@ -118,8 +126,14 @@ def build_app(settings: BotSettings, client: AsyncWebClient, surface: Surface) -
     @app.event("message")
     async def on_message(event: dict[str, Any], body: dict[str, Any]) -> None:
         # Channel messages that mention the bot arrive as app_mention too; only DMs start runs here.
-        if (event.get("channel_type") == "im" and not event.get("subtype") and not event.get("bot_id")
-                and event.get("user") and event.get("channel") and event.get("ts")):
+        if (
+            event.get("channel_type") == "im"
+            and not event.get("subtype")
+            and not event.get("bot_id")
+            and event.get("user")
+            and event.get("channel")
+            and event.get("ts")
+        ):
             await ask_from_event(event, body)
 
     def where_of(binding: ViewBinding) -> Where:
@@ -128,8 +142,13 @@ def build_app(settings: BotSettings, client: AsyncWebClient, surface: Surface) -
     def click_of(body: dict[str, Any]) -> Click:
         container = body["container"]
         thread_ts = container.get("thread_ts") or (body.get("message") or {}).get("thread_ts")
-        return Click(body["user"]["id"], container["channel_id"], container["message_ts"], thread_ts,
-                     body.get("trigger_id") or "")
+        return Click(
+            body["user"]["id"],
+            container["channel_id"],
+            container["message_ts"],
+            thread_ts,
+            body.get("trigger_id") or "",
+        )
 
     @app.action(re.compile(f"^{SELECT_ACTION}_\\d+$"))
     async def on_tick(ack: AsyncAck) -> None:
@@ -140,7 +159,9 @@ def build_app(settings: BotSettings, client: AsyncWebClient, surface: Surface) -
         await ack()
         click = click_of(body)
         io.spawn(
-            approvals.decide(value=action.get("value"), click=click, state_values=(body.get("state") or {}).get("values")),
+            approvals.decide(
+                value=action.get("value"), click=click, state_values=(body.get("state") or {}).get("values")
+            ),
             f"approve {str(action.get('value'))[:40]}",
             where=click.where,
         )
@@ -152,16 +173,18 @@ def build_app(settings: BotSettings, client: AsyncWebClient, surface: Surface) -
         click = click_of(body)
         kind = "edit" if action["action_id"] == EDIT_ACTION else "reject"
         # Awaited, not spawned: the trigger id expires 3 s after the click.
-        await io.run(approvals.open_dialog(value=action.get("value"), click=click, kind=kind), f"{kind} dialog",
-                     click.where)
+        await io.run(
+            approvals.open_dialog(value=action.get("value"), click=click, kind=kind), f"{kind} dialog", click.where
+        )
 
     @app.action(re.compile(f"^{SHOW_ARGS_ACTION}_\\d+$"))
     async def on_show_arguments(ack: AsyncAck, body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()
         click = click_of(body)
         index = int(action["action_id"].rsplit("_", 1)[1])
-        await io.run(approvals.open_arguments(value=action.get("value"), index=index, click=click), "show in full",
-                     click.where)
+        await io.run(
+            approvals.open_arguments(value=action.get("value"), index=index, click=click), "show in full", click.where
+        )
 
     @app.view(EDIT_CALLBACK)
     async def on_edit_submit(ack: AsyncAck, body: dict[str, Any], view: dict[str, Any]) -> None:
@@ -179,7 +202,7 @@ def build_app(settings: BotSettings, client: AsyncWebClient, surface: Surface) -
             await ack(response_action="errors", errors=errors)
             return
         await ack()
-        if await store.unbind_view(view["id"]):  # once: a replayed submission finds nothing
+        if await store.unbind_view(view.get("external_id") or ""):  # once: a replayed submission finds nothing
             io.spawn(approvals.submit_edit(ref, binding, decisions), f"edit {ref.value}", where=where_of(binding))
 
     @app.view(REJECT_CALLBACK)
@@ -194,7 +217,7 @@ def build_app(settings: BotSettings, client: AsyncWebClient, surface: Surface) -
             await ack(response_action="errors", errors={"reason": NOT_RECORDED})
             return
         await ack()
-        if await store.unbind_view(view["id"]):
+        if await store.unbind_view(view.get("external_id") or ""):
             reason = parse_reason((view.get("state") or {}).get("values"))
             io.spawn(approvals.veto(ref, binding, reason), f"reject {ref.value}", where=where_of(binding))
 
@@ -208,7 +231,9 @@ def build_app(settings: BotSettings, client: AsyncWebClient, surface: Surface) -
             return
         await ack(text=answer) if answer else await ack()
         if work is not None:
-            io.spawn(work, f"/chatops {command.get('text', '')[:40]}", where=Where(command["channel_id"], command["user_id"]))
+            io.spawn(
+                work, f"/chatops {command.get('text', '')[:40]}", where=Where(command["channel_id"], command["user_id"])
+            )
 
     @app.error
     async def on_error(error: Exception, body: dict[str, Any] | None = None) -> None:

@@ -8,6 +8,7 @@ anyone itself.
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -74,8 +75,16 @@ class Click:
 
 
 class Approvals:
-    def __init__(self, io: SlackIO, store: SlackStore, runs: Runs, approvers: Approvers, audit: AuditLog,
-                 messages: RunMessages, expire: Callable[[PendingReview], Awaitable[bool]]) -> None:
+    def __init__(
+        self,
+        io: SlackIO,
+        store: SlackStore,
+        runs: Runs,
+        approvers: Approvers,
+        audit: AuditLog,
+        messages: RunMessages,
+        expire: Callable[[PendingReview], Awaitable[bool]],
+    ) -> None:
         self._io = io
         self._store = store
         self._runs = runs
@@ -99,8 +108,14 @@ class Approvals:
         card = record.card(ref.interrupt_id)
         if card is not None:
             if (click.channel, click.card_ts) != card:
-                log.warning("refused a click by %s on run %s: it came from %s/%s, not from the card %s/%s",
-                            click.user, ref.run_id, click.channel, click.card_ts, *card)
+                log.warning(
+                    "refused a click by %s on run %s: it came from %s/%s, not from the card %s/%s",
+                    click.user,
+                    ref.run_id,
+                    click.channel,
+                    click.card_ts,
+                    *card,
+                )
                 raise NotTheCard()
         else:
             # The process that posted this card died before it noted where: the click tells, and counts only
@@ -108,8 +123,14 @@ class Approvals:
             if click.channel != record.channel or (click.thread_ts or "") != record.thread_ts or not click.card_ts:
                 log.warning("refused a click by %s on run %s from outside its thread", click.user, ref.run_id)
                 raise NotTheCard()
-            await self._store.update(ref.run_id, card_ts=click.card_ts, card_channel=click.channel,
-                                     card_interrupt=ref.interrupt_id, card_for=ref.interrupt_id, card_retry_at=0)
+            await self._store.update(
+                ref.run_id,
+                card_ts=click.card_ts,
+                card_channel=click.channel,
+                card_interrupt=ref.interrupt_id,
+                card_for=ref.interrupt_id,
+                card_retry_at=0,
+            )
             record = await self._store.run(ref.run_id) or record
         if time.time() - pending.created_at > self._policy.expires_after_s:
             await self._expire(pending)
@@ -154,11 +175,18 @@ class Approvals:
         added, approvers = await self._store.add_approver(ref.run_id, ref.interrupt_id, user)
         if not added:
             raise Refused(f"You already approved this; it needs {required - len(approvers)} more approver(s).")
-        await self._audit.record(AuditEntry(ref.run_id, "approval", user, details={
-            "count": len(approvers), "required": required, "interrupt": ref.interrupt_id}))
+        await self._audit.record(
+            AuditEntry(
+                ref.run_id,
+                "approval",
+                user,
+                details={"count": len(approvers), "required": required, "interrupt": ref.interrupt_id},
+            )
+        )
         if len(approvers) < required:
-            self._messages.show_proposal(ref, pending, record, required=required, approved_by=approvers,
-                                         proposal=standing)
+            self._messages.show_proposal(
+                ref, pending, record, required=required, approved_by=approvers, proposal=standing
+            )
             return
         await self.resume(ref, standing, ",".join(approvers))
 
@@ -193,13 +221,21 @@ class Approvals:
             if await self._store.proposal(ref.run_id, ref.interrupt_id) is not None:
                 raise Refused("The first approver's proposal stands; approve or reject it.")
             view = edit_modal(ref, pending.request, channel=click.channel, card_ts=card_ts)
-        opened = await self._open(click, view, f"the {kind} dialog of run {ref.run_id}")
-        # A submission counts only for the view opened here, for this person and this card.
-        await self._store.bind_view(opened["id"], ViewBinding(
-            click.user, ref.run_id, ref.interrupt_id, click.channel, card_ts, kind, click.thread_ts or ""))
+        # A submission counts only for the view opened here, for this person and this card. The view carries an
+        # external id of ours, bound before Slack shows it, so even an instant submission finds its binding.
+        view["external_id"] = secrets.token_urlsafe(18)
+        await self._store.bind_view(
+            view["external_id"],
+            ViewBinding(click.user, ref.run_id, ref.interrupt_id, click.channel, card_ts, kind, click.thread_ts or ""),
+        )
+        try:
+            await self._open(click, view, f"the {kind} dialog of run {ref.run_id}")
+        except Refused:
+            await self._store.unbind_view(view["external_id"])
+            raise
 
     async def open_arguments(self, *, value: Any, index: int, click: Click) -> None:
-        """"Show in full": every value of one call of a card, exact, in a dialog (read-only). On a card with a
+        """ "Show in full": every value of one call of a card, exact, in a dialog (read-only). On a card with a
         first approver's proposal, the values it will run with."""
         ref, pending, _ = await self._clicked(value, click)
         if not 0 <= index < len(pending.request["action_requests"]):
@@ -215,27 +251,42 @@ class Approvals:
             response = await self._io.client.views_open(trigger_id=click.trigger_id, view=view)
             return dict(response["view"])
         except SlackApiError as exc:
-            log.warning("could not open %s: %s %s", what, exc.response.get("error"),
-                        (exc.response.get("response_metadata") or {}).get("messages", ""))
+            log.warning(
+                "could not open %s: %s %s",
+                what,
+                exc.response.get("error"),
+                (exc.response.get("response_metadata") or {}).get("messages", ""),
+            )
             raise Refused(NOT_OPENED) from None
 
     async def dialog(self, view: dict[str, Any], user: str, kind: str) -> tuple[CardRef, ViewBinding]:
         """The card a submitted dialog answers, if the bot opened that very view for this user, of this kind,
         for that card; else DialogRefused (logged). Forged, replayed and other people's submissions count for
         nothing."""
-        binding = await self._store.view_binding(str(view.get("id") or ""))
+        binding = await self._store.view_binding(str(view.get("external_id") or ""))
         try:
             ref: CardRef | None = parse_edit_metadata(view)[0]
         except MalformedCard:
             ref = None
-        if (binding is None or ref is None or binding.user != user or binding.kind != kind
-                or (binding.run_id, binding.interrupt_id) != (ref.run_id, ref.interrupt_id)):
-            log.warning("refused a %s dialog submission by %s: not a dialog the bot opened for them (view %s)",
-                        kind, user, str(view.get("id"))[:40])
+        if (
+            binding is None
+            or ref is None
+            or binding.user != user
+            or binding.kind != kind
+            or (binding.run_id, binding.interrupt_id) != (ref.run_id, ref.interrupt_id)
+        ):
+            log.warning(
+                "refused a %s dialog submission by %s: not a dialog the bot opened for them (view %s)",
+                kind,
+                user,
+                str(view.get("id"))[:40],
+            )
             raise DialogRefused()
         return ref, binding
 
-    async def check_edit(self, ref: CardRef, binding: ViewBinding, values: Any) -> tuple[list[Decision], dict[str, str]]:
+    async def check_edit(
+        self, ref: CardRef, binding: ViewBinding, values: Any
+    ) -> tuple[list[Decision], dict[str, str]]:
         """Field errors for the edit dialog (by block id), or the decisions it stands for."""
         try:
             pending, _ = await self.card_of(ref, _click_of(binding))
@@ -251,7 +302,9 @@ class Approvals:
                 for name, message in exc.errors.items():
                     errors[fields[n].get(name.split(".")[0], f"include_{n}")] = message
         if not errors and all(d["type"] == "reject" for d in decisions):
-            errors["include_0"] = "Every call is unticked: tick at least one, or close this and click Reject on the card."
+            errors["include_0"] = (
+                "Every call is unticked: tick at least one, or close this and click Reject on the card."
+            )
         return decisions, errors
 
     async def submit_edit(self, ref: CardRef, binding: ViewBinding, decisions: list[Decision]) -> None:

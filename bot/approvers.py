@@ -53,8 +53,9 @@ class Approvers:
     """Who may approve or reject which calls of a card, and how many distinct approvers a card needs: the
     policy's per-tool rules, the global CHATOPS_APPROVERS and CHATOPS_ALLOW_SELF_APPROVAL."""
 
-    def __init__(self, directory: Directory, allowed: frozenset[str], policy: Policy, *,
-                 allow_self_approval: bool = False) -> None:
+    def __init__(
+        self, directory: Directory, allowed: frozenset[str], policy: Policy, *, allow_self_approval: bool = False
+    ) -> None:
         self._directory = directory
         self._allowed = allowed  # CHATOPS_APPROVERS; empty: any member except the requester
         self._policy = policy
@@ -70,8 +71,9 @@ class Approvers:
         """Distinct approvers a card needs: the highest among the calls at ``indexes``."""
         return max((rule.required_approvals for _, rule in self.rules(request, indexes)), default=1)
 
-    async def check_approve(self, user_id: str, requester: str | None, request: ReviewRequest,
-                            indexes: Iterable[int]) -> None:
+    async def check_approve(
+        self, user_id: str, requester: str | None, request: ReviewRequest, indexes: Iterable[int]
+    ) -> None:
         """Raise NotAnApprover unless ``user_id`` may approve the calls at ``indexes``."""
         refusal = await self.refusal(user_id, requester, self.rules(request, indexes))
         if refusal:
@@ -99,7 +101,7 @@ class Approvers:
         """The requester may withdraw their own calls; otherwise an approver of any call may veto."""
         if requester and user_id == requester:
             return True
-        for name, rule in calls:
+        for _name, rule in calls:
             allowed = rule.approvers or self._allowed
             if not allowed or await self._directory.member_of(user_id, allowed):
                 return True

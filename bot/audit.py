@@ -12,9 +12,10 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeAlias, cast
 
 from redis.asyncio import Redis
+from redis.typing import EncodableT, FieldT
 
 from graphs.errors import ConfigError
 from graphs.keys import Keys
@@ -55,7 +56,13 @@ class AuditEntry:
         return f"{when} UTC · run `{self.run}` · {self.action}{call} by {who}{extra}"
 
 
+# Stream entries as a decoding client reads them: (entry id, fields).
+_Rows: TypeAlias = list[tuple[str, dict[str, str]]]
+
+
 class AuditLog:
+    """``redis`` decodes replies (``decode_responses=True``): they are str, which redis-py's types cannot know."""
+
     def __init__(self, redis: Redis, *, keys: Keys | None = None) -> None:
         self._redis = redis
         self._keys = keys or Keys()
@@ -65,7 +72,7 @@ class AuditLog:
         return self._keys.run_audit(run)
 
     async def record(self, entry: AuditEntry) -> None:
-        fields = {"json": json.dumps({k: v for k, v in asdict(entry).items() if k != "id"})}
+        fields: dict[FieldT, EncodableT] = {"json": json.dumps({k: v for k, v in asdict(entry).items() if k != "id"})}
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.xadd(self._all, fields)
             pipe.xadd(self._run_stream(entry.run), fields)
@@ -88,7 +95,7 @@ class AuditLog:
     async def recent(self, run: str | None = None, count: int = 20) -> list[AuditEntry]:
         """Newest first."""
         stream = self._run_stream(run) if run else self._all
-        rows = await self._redis.xrevrange(stream, count=count)
+        rows = cast(_Rows, await self._redis.xrevrange(stream, count=count))
         return [_entry(row_id, data) for row_id, data in rows]
 
     async def export(self, run: str | None = None) -> list[AuditEntry]:
@@ -97,7 +104,7 @@ class AuditLog:
         entries: list[AuditEntry] = []
         start = "-"
         for _ in range(EXPORT_MAX_PAGES):
-            rows = await self._redis.xrange(stream, min=start, count=EXPORT_PAGE)
+            rows = cast(_Rows, await self._redis.xrange(stream, min=start, count=EXPORT_PAGE))
             entries += [_entry(row_id, data) for row_id, data in rows]
             if len(rows) < EXPORT_PAGE:
                 break
@@ -107,6 +114,8 @@ class AuditLog:
 
 def _entry(row_id: Any, data: dict[Any, Any]) -> AuditEntry:
     raw = data.get("json") or data.get(b"json")
+    if raw is None:
+        raise TypeError(f"audit entry {row_id!r} has no json field")
     parsed = json.loads(raw)
     return AuditEntry(**parsed, id=row_id.decode() if isinstance(row_id, bytes) else row_id)
 

@@ -148,10 +148,16 @@ def checkbox_groups(options: list[Block], *, action_id: str, block_prefix: str, 
     for start in range(0, len(options), CHECKBOX_OPTIONS):
         chunk = options[start : start + CHECKBOX_OPTIONS]
         # action ids must be unique within a message, so each group gets its own.
-        element: Block = {"type": "checkboxes", "action_id": f"{action_id}_{start // CHECKBOX_OPTIONS}", "options": chunk}
+        element: Block = {
+            "type": "checkboxes",
+            "action_id": f"{action_id}_{start // CHECKBOX_OPTIONS}",
+            "options": chunk,
+        }
         if ticked:
             element["initial_options"] = chunk
-        groups.append({"type": "actions", "block_id": f"{block_prefix}{start // CHECKBOX_OPTIONS}", "elements": [element]})
+        groups.append(
+            {"type": "actions", "block_id": f"{block_prefix}{start // CHECKBOX_OPTIONS}", "elements": [element]}
+        )
     return groups
 
 
@@ -159,4 +165,4 @@ def fit_message(blocks: list[Block], overflow_note: str) -> list[Block]:
     """Keep a message within 50 blocks; the last kept block says what was left out."""
     if len(blocks) <= MAX_MESSAGE_BLOCKS:
         return blocks
-    return blocks[: MAX_MESSAGE_BLOCKS - 1] + [context(overflow_note)]
+    return [*blocks[: MAX_MESSAGE_BLOCKS - 1], context(overflow_note)]

@@ -14,7 +14,7 @@ from typing import Any
 
 from graphs.display import hidden_characters, shorten, value_text, visible
 from graphs.tools import summarize_args
-from graphs.types import Decision, ReviewRequest
+from graphs.types import ActionRequest, Decision, ReviewRequest
 
 from .blocks import (
     MAX_MODAL_BLOCKS,
@@ -62,7 +62,7 @@ class CardRef:
         return f"{self.run_id}:{self.interrupt_id}"
 
     @classmethod
-    def parse(cls, value: Any) -> "CardRef":
+    def parse(cls, value: Any) -> CardRef:
         if not isinstance(value, str) or value.count(":") != 1:
             raise MalformedCard(f"not an approval card value: {str(value)[:80]!r}")
         run_id, interrupt_id = value.split(":")
@@ -91,15 +91,17 @@ def _asked(requester: str | None, task: str) -> Block:
     return rich_text(rt_section(who, rt_text(" asked:")), rt_quote(visible(clip(task, 1500))))
 
 
-def call_facts(action: dict[str, Any], args: dict[str, Any] | None = None) -> list[str]:
+def call_facts(action: ActionRequest, args: dict[str, Any] | None = None) -> list[str]:
     """What a reviewer must know beyond the values: the tool's own findings (where a URL or a channel really
     points), and any hidden characters in a value."""
     facts = list(action.get("facts") or []) if args is None else []
     for name, value in (action["args"] if args is None else args).items():
         hidden = hidden_characters(value_text(value))
         if hidden:
-            facts.append(f"⚠ {name} contains hidden characters (each shown by its code): {', '.join(hidden[:4])}"
-                         + (" …" if len(hidden) > 4 else ""))
+            facts.append(
+                f"⚠ {name} contains hidden characters (each shown by its code): {', '.join(hidden[:4])}"
+                + (" …" if len(hidden) > 4 else "")
+            )
     return facts
 
 
@@ -115,8 +117,9 @@ class _Budget:
         return shown, cut
 
 
-def _call_block(n: int, name: str, args: dict[str, Any], facts: list[str], budget: _Budget,
-                suffix: str = "") -> tuple[Block, int]:
+def _call_block(
+    n: int, name: str, args: dict[str, Any], facts: list[str], budget: _Budget, suffix: str = ""
+) -> tuple[Block, int]:
     """One call as data: its tool, each argument and its value (boxed when long or on several lines), the
     facts, and how many characters were left out. Nothing in it is mrkdwn."""
     sections: list[Block] = [rt_section(rt_text(f"{n}. "), rt_text(name, bold=True, code=True), rt_text(suffix))]
@@ -132,8 +135,9 @@ def _call_block(n: int, name: str, args: dict[str, Any], facts: list[str], budge
         else:
             sections += [rt_section(rt_text(label)), rt_pre(shown + ("…" if cut else ""))]
             if cut:
-                sections.append(rt_section(rt_text(f"✂ {cut:,} more characters of {visible(str(key))} not shown here",
-                                                   italic=True)))
+                sections.append(
+                    rt_section(rt_text(f"✂ {cut:,} more characters of {visible(str(key))} not shown here", italic=True))
+                )
     sections += [rt_section(rt_text(f"↳ {visible(fact)}", italic=True)) for fact in facts]
     return rich_text(*sections), left_out
 
@@ -146,7 +150,7 @@ def _kind(value: Any) -> str:
     return "JSON"
 
 
-def _calls(ref: CardRef, actions: list[dict[str, Any]], budget: _Budget, *, show_all: bool) -> list[Block]:
+def _calls(ref: CardRef, actions: list[ActionRequest], budget: _Budget, *, show_all: bool) -> list[Block]:
     blocks: list[Block] = []
     for n, action in enumerate(actions, 1):
         block, left_out = _call_block(n, action["name"], action["args"], call_facts(action), budget)
@@ -205,8 +209,10 @@ def approval_card(
     blocks.append({"type": "actions", "block_id": f"decide_{nonce}_{len(approved_by or [])}", "elements": buttons})
     notes = [f"Run `{ref.run_id}`"]
     if required > 1:
-        notes.append(f"*{len(approved_by or [])} of {required} approvals*"
-                     + (f" ({mentions(approved_by)})" if approved_by else ""))
+        notes.append(
+            f"*{len(approved_by or [])} of {required} approvals*"
+            + (f" ({mentions(approved_by)})" if approved_by else "")
+        )
     if proposal is None:
         notes.append("tick the calls you allow; unticked calls are rejected")
     if expires_at:
@@ -216,21 +222,26 @@ def approval_card(
     return text, fit_message(blocks, "Too many calls to show on one card: reject it and ask for fewer at a time.")
 
 
-def _decided_calls(request: ReviewRequest, decisions: list[Decision], budget: _Budget,
-                   ref: CardRef | None = None) -> list[Block]:
+def _decided_calls(
+    request: ReviewRequest, decisions: list[Decision], budget: _Budget, ref: CardRef | None = None
+) -> list[Block]:
     """Each call with its decision and the arguments it runs with (edited ones whole); with ``ref``, a call
     shortened here gets a Show in full button (for later approvers of a proposal)."""
     blocks = []
-    for n, (action, decision) in enumerate(zip(request["action_requests"], decisions), 1):
+    for n, (action, decision) in enumerate(zip(request["action_requests"], decisions, strict=False), 1):
         mark = DECISION_MARK[decision["type"]]
         if decision["type"] == "edit":
             args = decision["edited_action"]["args"]
-            block, left_out = _call_block(n, action["name"], args, call_facts(action, args), budget,
-                                          f" — {mark}, now runs with:")
+            block, left_out = _call_block(
+                n, action["name"], args, call_facts(action, args), budget, f" — {mark}, now runs with:"
+            )
         else:
-            reason = f" ({visible(decision['message'])})" if decision["type"] == "reject" and decision.get("message") else ""
-            block, left_out = _call_block(n, action["name"], action["args"], call_facts(action), budget,
-                                          f" — {mark}{reason}")
+            reason = (
+                f" ({visible(decision['message'])})" if decision["type"] == "reject" and decision.get("message") else ""
+            )
+            block, left_out = _call_block(
+                n, action["name"], action["args"], call_facts(action), budget, f" — {mark}{reason}"
+            )
         blocks.append(block)
         if left_out and ref is not None and decision["type"] != "reject":
             blocks.append(_show_in_full(ref, n, left_out))
@@ -263,8 +274,10 @@ def decided_card(
 def closed_card(ref: CardRef, request: ReviewRequest, *, title: str, reason: str, task: str) -> tuple[str, list[Block]]:
     """A card that can no longer be answered: cancelled, expired or replaced by a rewind."""
     budget = _Budget(CARD_SHOWN)
-    calls = [_call_block(n, a["name"], a["args"], [], budget, " — did not run")[0]
-             for n, a in enumerate(request["action_requests"], 1)]
+    calls = [
+        _call_block(n, a["name"], a["args"], [], budget, " — did not run")[0]
+        for n, a in enumerate(request["action_requests"], 1)
+    ]
     blocks = [
         header(title),
         rich_text(rt_section(rt_text("Task: ")), rt_quote(visible(clip(task, 1500)))),
@@ -278,21 +291,27 @@ def args_modal(ref: CardRef, request: ReviewRequest, index: int, args: dict[str,
     """Every argument value of one call, whole and exact (hidden characters made visible), for reading.
     ``args``: the arguments it runs with when they differ from the proposed ones (a first approver's edit)."""
     action = request["action_requests"][index]
-    edited = args is not None and args != action["args"]
-    shown_args = args if edited else action["args"]
-    blocks: list[Block] = [section(f"Call {index + 1} of run `{ref.run_id}`: `{literal(action['name'])}`, exactly as "
-                                   f"it will run{' (as edited by the first approver)' if edited else ''}. Hidden "
-                                   "characters are shown by their code, e.g. ⟨U+202E⟩.")]
+    shown_args = action["args"] if args is None else args
+    edited = shown_args != action["args"]
+    blocks: list[Block] = [
+        section(
+            f"Call {index + 1} of run `{ref.run_id}`: `{literal(action['name'])}`, exactly as "
+            f"it will run{' (as edited by the first approver)' if edited else ''}. Hidden "
+            "characters are shown by their code, e.g. ⟨U+202E⟩."
+        )
+    ]
     facts = call_facts(action, shown_args if edited else None)
     if facts:
         blocks.append(rich_text(*(rt_section(rt_text(f"↳ {visible(f)}", italic=True)) for f in facts)))
     for key, value in shown_args.items():
         blocks += [divider(), section(f"*{literal(str(key))}*")]
         text = visible(value_text(value))
-        blocks += [{"type": "section", "text": plain(text[i:i + SECTION_TEXT - 100], SECTION_TEXT, emoji=False)}
-                   for i in range(0, max(len(text), 1), SECTION_TEXT - 100)]
+        blocks += [
+            {"type": "section", "text": plain(text[i : i + SECTION_TEXT - 100], SECTION_TEXT, emoji=False)}
+            for i in range(0, max(len(text), 1), SECTION_TEXT - 100)
+        ]
     if len(blocks) > MAX_MODAL_BLOCKS:
-        blocks = blocks[: MAX_MODAL_BLOCKS - 1] + [section("_The rest does not fit in one dialog; reject the call._")]
+        blocks = [*blocks[: MAX_MODAL_BLOCKS - 1], section("_The rest does not fit in one dialog; reject the call._")]
     return {
         "type": "modal",
         "title": plain("Full arguments", MODAL_TITLE),
@@ -336,7 +355,7 @@ def edit_modal(ref: CardRef, request: ReviewRequest, *, channel: str, card_ts: s
     if len(metadata) > PRIVATE_METADATA:
         raise ValueError("edit dialog metadata too long")
     blocks: list[Block] = [section(f"Run `{ref.run_id}`: change arguments, untick calls to reject them.")]
-    for n, (action, config) in enumerate(zip(request["action_requests"], request["review_configs"])):
+    for n, (action, config) in enumerate(zip(request["action_requests"], request["review_configs"], strict=True)):
         schema = config.get("args_schema") or {}
         properties = schema.get("properties") or {name: {} for name in action["args"]}
         required = set(schema.get("required") or [])
@@ -348,8 +367,12 @@ def edit_modal(ref: CardRef, request: ReviewRequest, *, channel: str, card_ts: s
                 "block_id": f"include_{n}",
                 "optional": True,
                 "label": plain(f"{n + 1}. {action['name']}", 2000),
-                "element": {"type": "checkboxes", "action_id": f"include_{n}", "options": [include],
-                            "initial_options": [include]},
+                "element": {
+                    "type": "checkboxes",
+                    "action_id": f"include_{n}",
+                    "options": [include],
+                    "initial_options": [include],
+                },
             },
         ]
         for name, prop in properties.items():
@@ -393,8 +416,13 @@ def _arg_input(n: int, name: str, prop: dict[str, Any], value: Any, required: bo
         element = {"type": "plain_text_input", "action_id": block_id, "multiline": True}
         if value is not None:
             element["initial_value"] = json.dumps(value)
-    block: Block = {"type": "input", "block_id": block_id, "label": plain(label, 2000),
-                    "element": element, "optional": not required}
+    block: Block = {
+        "type": "input",
+        "block_id": block_id,
+        "label": plain(label, 2000),
+        "element": element,
+        "optional": not required,
+    }
     hints = [prop["description"]] if prop.get("description") else []
     hidden = hidden_characters(value_text(value)) if value is not None else []
     if hidden:
@@ -426,7 +454,12 @@ def reject_modal(ref: CardRef, *, channel: str, card_ts: str) -> Block:
                 "block_id": REASON_BLOCK,
                 "optional": True,
                 "label": plain("Reason", 2000),
-                "element": {"type": "plain_text_input", "action_id": REASON_BLOCK, "multiline": True, "max_length": 1000},
+                "element": {
+                    "type": "plain_text_input",
+                    "action_id": REASON_BLOCK,
+                    "multiline": True,
+                    "max_length": 1000,
+                },
             },
         ],
     }
@@ -452,7 +485,7 @@ def parse_edit(values: Any, request: ReviewRequest) -> tuple[list[Decision], dic
     decisions: list[Decision] = []
     errors: dict[str, str] = {}
     fields: dict[int, dict[str, str]] = {}
-    for n, (action, config) in enumerate(zip(request["action_requests"], request["review_configs"])):
+    for n, (action, config) in enumerate(zip(request["action_requests"], request["review_configs"], strict=True)):
         include_state = (values.get(f"include_{n}") or {}).get(f"include_{n}") or {}
         if not include_state.get("selected_options"):
             decisions.append({"type": "reject", "message": "unticked in the edit dialog"})

@@ -105,5 +105,8 @@ class Channels:
 
 def _channel(data: dict) -> Channel:  # type: ignore[type-arg]
     return Channel(
-        id=data["id"], name=data.get("name") or "", is_private=bool(data.get("is_private")), is_im=bool(data.get("is_im"))
+        id=data["id"],
+        name=data.get("name") or "",
+        is_private=bool(data.get("is_private")),
+        is_im=bool(data.get("is_im")),
     )

@@ -37,14 +37,24 @@ SUBCOMMAND_USAGE = {
     "audit": "`/chatops audit [<run>]`",
 }
 ADMIN_ONLY = {"history", "rewind", "cancel", "audit"}
-LINK = re.compile(r"/archives/(?P<channel>[CDG][A-Z0-9]+)/p(?P<sec>\d{10})(?P<usec>\d{6})(?:\S*?thread_ts=(?P<thread>\d+\.\d+))?")
+LINK = re.compile(
+    r"/archives/(?P<channel>[CDG][A-Z0-9]+)/p(?P<sec>\d{10})(?P<usec>\d{6})(?:\S*?thread_ts=(?P<thread>\d+\.\d+))?"
+)
 RUN_ID = re.compile(r"^[a-z0-9]{8}$")
 LISTED = 20
 
 
 class Commands:
-    def __init__(self, runs: Runs, store: SlackStore, lifecycle: Lifecycle, audit: AuditLog, io: SlackIO,
-                 directory: Directory, admins: frozenset[str]) -> None:
+    def __init__(
+        self,
+        runs: Runs,
+        store: SlackStore,
+        lifecycle: Lifecycle,
+        audit: AuditLog,
+        io: SlackIO,
+        directory: Directory,
+        admins: frozenset[str],
+    ) -> None:
         self._runs = runs
         self._store = store
         self._lifecycle = lifecycle
@@ -97,7 +107,9 @@ class Commands:
             return ref
         link = LINK.search(ref)
         if not link:
-            raise BadCommand(f"`{escape(ref[:100])}` is neither a run id (8 letters/digits) nor a link to a Slack thread.")
+            raise BadCommand(
+                f"`{escape(ref[:100])}` is neither a run id (8 letters/digits) nor a link to a Slack thread."
+            )
         thread = link.group("thread") or f"{link.group('sec')}.{link.group('usec')}"
         run_id = await self._store.run_for_thread(link.group("channel"), thread)
         if not run_id:
@@ -124,8 +136,14 @@ class Commands:
             delivered = card is not None
             link = await self._io.permalink(*card) if card else None
             who = f"<@{review.requester}>" if review.requester else "someone"
-            where = f" — <{link}|open the card>" if link else (" — card not delivered yet — retrying" if not delivered else "")
-            lines.append(f"• run `{review.thread_id}` by {who}: {literal(tools)} — waiting {_age(review.created_at)}{where}")
+            where = (
+                f" — <{link}|open the card>"
+                if link
+                else (" — card not delivered yet — retrying" if not delivered else "")
+            )
+            lines.append(
+                f"• run `{review.thread_id}` by {who}: {literal(tools)} — waiting {_age(review.created_at)}{where}"
+            )
         if len(shown) > LISTED:
             lines.append(f"…and {len(shown) - LISTED} more.")
         return "\n".join(lines)
@@ -138,12 +156,16 @@ class Commands:
         for c in checkpoints[:40]:
             when = c.created_at[11:19] if len(c.created_at) >= 19 else c.created_at
             node = ", ".join(c.next) or "end"
-            lines.append(f"• `{c.checkpoint_id[-8:]}` step {c.step} · next {node} · {when} UTC — {literal(clip(c.summary, 200))}")
+            lines.append(
+                f"• `{c.checkpoint_id[-8:]}` step {c.step} · next {node} · {when} UTC — {literal(clip(c.summary, 200))}"
+            )
         return "\n".join(lines)
 
     async def cancel(self, run_id: str, user: str) -> tuple[str, Any]:
         info = await self._runs.info(run_id)
-        if info.get("status") in ("done", "cancelled", "expired", "failed") and not await self._runs.pending_review(run_id):
+        if info.get("status") in ("done", "cancelled", "expired", "failed") and not await self._runs.pending_review(
+            run_id
+        ):
             return f"Run `{run_id}` is already {info.get('status')}; nothing to cancel.", None
         return f"Cancelling run `{run_id}`…", self._lifecycle.cancel(run_id, user)
 
@@ -151,8 +173,10 @@ class Commands:
         if await self._runs.locks.is_held(run_id):
             return f"Run `{run_id}` is working right now; cancel it or wait before rewinding.", None
         target = await self._runs.rewind_target(run_id, checkpoint)
-        return (f"Rewinding run `{run_id}` to `{target.checkpoint_id[-8:]}`…",
-                self._lifecycle.rewind(run_id, target.checkpoint_id, user))
+        return (
+            f"Rewinding run `{run_id}` to `{target.checkpoint_id[-8:]}`…",
+            self._lifecycle.rewind(run_id, target.checkpoint_id, user),
+        )
 
     async def audit(self, run_id: str | None) -> str:
         entries = await self._audit.recent(run_id, count=LISTED)

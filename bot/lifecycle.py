@@ -54,8 +54,12 @@ class Lifecycle:
         # so a second mention a moment later is told what is under way instead of taking the run over.
         turn = await self._store.claim_turn(run_id, requester=user, task=task)
         if not turn.mine:
-            await self._io.post(channel, slack_thread, f"Run `{run_id}` in this thread is already working on "
-                                f"“{literal(clip(turn.task, 200))}” for <@{turn.requester}>; ask again when it is done.")
+            await self._io.post(
+                channel,
+                slack_thread,
+                f"Run `{run_id}` in this thread is already working on "
+                f"“{literal(clip(turn.task, 200))}” for <@{turn.requester}>; ask again when it is done.",
+            )
             return
         started = False
         try:
@@ -67,11 +71,21 @@ class Lifecycle:
             posted = await self._io.post(channel, slack_thread, *progress.render())
             if posted is None:
                 return
-            await self._store.update(run_id, channel=channel, thread_ts=slack_thread, progress_ts=posted,
-                                     requester=user, task=task, progress=progress.to_json())
-            record = RunRecord(run_id, channel=channel, thread_ts=slack_thread, progress_ts=posted, requester=user,
-                               task=task)
-            self._io.spawn(self._start(record, progress, turn), f"run {run_id}", where=Where(channel, user, slack_thread))
+            await self._store.update(
+                run_id,
+                channel=channel,
+                thread_ts=slack_thread,
+                progress_ts=posted,
+                requester=user,
+                task=task,
+                progress=progress.to_json(),
+            )
+            record = RunRecord(
+                run_id, channel=channel, thread_ts=slack_thread, progress_ts=posted, requester=user, task=task
+            )
+            self._io.spawn(
+                self._start(record, progress, turn), f"run {run_id}", where=Where(channel, user, slack_thread)
+            )
             started = True
         finally:
             if not started:
@@ -81,21 +95,29 @@ class Lifecycle:
         """/chatops run: the request becomes a visible message the thread hangs off."""
         root = await self._io.post(channel, None, f"<@{user}> asked: {literal(task)}")
         if root is None:
-            await self._io.tell(Where(channel, user), "I could not post in this channel; invite me first (`/invite @chatops`).")
+            await self._io.tell(
+                Where(channel, user), "I could not post in this channel; invite me first (`/invite @chatops`)."
+            )
             return
         await self.ask(channel=channel, user=user, text=task, message_ts=root, thread_ts=None)
 
     async def _busy_reason(self, run_id: str) -> str | None:
         if await self._runs.pending_review(run_id) is not None:
-            return f"Run `{run_id}` in this thread is waiting for approval on the card above; decide or cancel it first."
+            return (
+                f"Run `{run_id}` in this thread is waiting for approval on the card above; decide or cancel it first."
+            )
         if await self._runs.locks.is_held(run_id):
             return f"Run `{run_id}` in this thread is still working; ask again when it is done."
         return None
 
     async def _start(self, record: RunRecord, progress: Progress, turn: Turn) -> None:
         try:
-            await self._runs.start(record.run_id, record.task, requester=record.requester,
-                                   on_event=self._messages.listener(record, progress))
+            await self._runs.start(
+                record.run_id,
+                record.task,
+                requester=record.requester,
+                on_event=self._messages.listener(record, progress),
+            )
         except LockLost:
             raise
         except (RunBusy, RunPaused) as exc:
@@ -116,7 +138,7 @@ class Lifecycle:
                 await self._sweep_once()
             except RedisError as exc:
                 log.error("sweep: Redis is not answering (%s); trying again in %.0fs", type(exc).__name__, period)
-            except Exception:  # noqa: BLE001 - the sweeper must outlive anything
+            except Exception:  # the sweeper must outlive anything
                 log.exception("sweep failed; trying again in %.0fs", period)
             await asyncio.sleep(period)
 
@@ -164,11 +186,24 @@ class Lifecycle:
         if not await self._runs.expire(pending.thread_id, pending.interrupt_id):
             return False
         after = _duration(self._policy.expires_after_s)
-        await self._audit.record(AuditEntry(pending.thread_id, "expired", "system", details={
-            "interrupt": pending.interrupt_id, "waited_s": round(time.time() - pending.created_at, 1),
-            "calls": [a["name"] for a in pending.request["action_requests"]]}))
-        await self._messages.close_card(pending.thread_id, pending, title="Approval expired",
-                                        reason=f"Expired: nobody decided within {after}; nothing ran")
+        await self._audit.record(
+            AuditEntry(
+                pending.thread_id,
+                "expired",
+                "system",
+                details={
+                    "interrupt": pending.interrupt_id,
+                    "waited_s": round(time.time() - pending.created_at, 1),
+                    "calls": [a["name"] for a in pending.request["action_requests"]],
+                },
+            )
+        )
+        await self._messages.close_card(
+            pending.thread_id,
+            pending,
+            title="Approval expired",
+            reason=f"Expired: nobody decided within {after}; nothing ran",
+        )
         await self._messages.show_end(pending.thread_id, "expired", f"expired after {after}")
         return True
 
@@ -177,11 +212,13 @@ class Lifecycle:
     async def cancel(self, run_id: str, by: str) -> None:
         pending = await self._runs.pending_review(run_id)
         await self._runs.cancel(run_id, by=by)
-        await self._audit.record(AuditEntry(run_id, "cancelled", by, details={
-            "interrupt": pending.interrupt_id if pending else None}))
+        await self._audit.record(
+            AuditEntry(run_id, "cancelled", by, details={"interrupt": pending.interrupt_id if pending else None})
+        )
         if pending is not None:
-            await self._messages.close_card(run_id, pending, title="Approval cancelled",
-                                            reason=f"Cancelled by <@{by}>; nothing ran")
+            await self._messages.close_card(
+                run_id, pending, title="Approval cancelled", reason=f"Cancelled by <@{by}>; nothing ran"
+            )
         await self._messages.show_end(run_id, "cancelled", f"cancelled by <@{by}>")
 
     async def rewind(self, run_id: str, checkpoint: str | None, by: str) -> str:
@@ -190,17 +227,23 @@ class Lifecycle:
         old = await self._runs.pending_review(run_id)
         target = await self._runs.rewind_target(run_id, checkpoint)
         if old is not None:
-            await self._messages.close_card(run_id, old, title="Approval replaced",
-                                            reason=f"Rewound by <@{by}>: this card is no longer current")
+            await self._messages.close_card(
+                run_id, old, title="Approval replaced", reason=f"Rewound by <@{by}>: this card is no longer current"
+            )
         await self._audit.record(AuditEntry(run_id, "rewound", by, details={"checkpoint": target.checkpoint_id[-8:]}))
-        await self._io.post(record.channel, record.thread_ts,
-                            f"Run `{run_id}` was rewound by <@{by}> to checkpoint `{target.checkpoint_id[-8:]}` "
-                            f"({literal(clip(target.summary, 200))}); anything with side effects needs a fresh approval.")
+        await self._io.post(
+            record.channel,
+            record.thread_ts,
+            f"Run `{run_id}` was rewound by <@{by}> to checkpoint `{target.checkpoint_id[-8:]}` "
+            f"({literal(clip(target.summary, 200))}); anything with side effects needs a fresh approval.",
+        )
         progress = Progress(run_id, record.requester or None, record.task, note=f"rewound by <@{by}>")
         await self._store.save_progress(run_id, progress)
         self._messages.show(progress, record.channel, record.progress_ts)
-        self._io.spawn(self._runs.rewind(run_id, target.checkpoint_id, by=by,
-                                         on_event=self._messages.listener(record, progress)), f"rewind {run_id}")
+        self._io.spawn(
+            self._runs.rewind(run_id, target.checkpoint_id, by=by, on_event=self._messages.listener(record, progress)),
+            f"rewind {run_id}",
+        )
         return target.checkpoint_id
 
 

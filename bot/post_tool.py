@@ -38,23 +38,31 @@ class PostTool:
         try:
             channel = await self._channels.resolve(ref)
         except ChannelLookupFailed:
-            return Assessment("deny", reason=f"Slack could not say which channel {visible(ref)!r} is right now.",
-                              field="channel")
+            return Assessment(
+                "deny", reason=f"Slack could not say which channel {visible(ref)!r} is right now.", field="channel"
+            )
         if channel is None:
-            return Assessment("deny", reason=f"There is no channel {visible(ref)!r} the bot can post to.",
-                              field="channel")
-        facts = [f"posts to {channel.shown} ({channel.id})" + (", a private channel" if channel.is_private
-                                                               and not channel.is_im else "")]
+            return Assessment(
+                "deny", reason=f"There is no channel {visible(ref)!r} the bot can post to.", field="channel"
+            )
+        facts = [
+            f"posts to {channel.shown} ({channel.id})"
+            + (", a private channel" if channel.is_private and not channel.is_im else "")
+        ]
         labelled = LABELLED_CHANNEL.fullmatch(ref.strip())
         if labelled and labelled.group(1).lstrip("#") != channel.name:
-            facts.append(f"⚠ written as “{ref.strip()}”: it reads “{labelled.group(1)}”, but the post goes to "
-                         f"{channel.shown} ({channel.id})")
+            facts.append(
+                f"⚠ written as “{ref.strip()}”: it reads “{labelled.group(1)}”, but the post goes to "
+                f"{channel.shown} ({channel.id})"
+            )
         found = broadcasts(text)
         if found and self._rule().allow_broadcast:
             facts.append(f"⚠ notifies everyone it names: {', '.join(dict.fromkeys(found))}")
         elif found:
-            facts.append(f"{', '.join(dict.fromkeys(found))} will be posted as plain words and notify nobody "
-                         "(this tool's policy does not allow broadcasts)")
+            facts.append(
+                f"{', '.join(dict.fromkeys(found))} will be posted as plain words and notify nobody "
+                "(this tool's policy does not allow broadcasts)"
+            )
         for url, label in LABELLED_LINK.findall(text)[:MAX_FACTS_OF_A_KIND]:
             facts.append(f"⚠ a link shows “{label}” but opens {url}" if label.strip() != url else f"links to {url}")
         for user in list(dict.fromkeys(USER_MENTION.findall(text)))[:MAX_FACTS_OF_A_KIND]:
@@ -66,7 +74,9 @@ class PostTool:
         try:
             channel = await self._channels.resolve(channel_ref)
         except ChannelLookupFailed as exc:
-            raise RuntimeError(f"Slack could not say which channel {channel_ref!r} is ({exc}); nothing was posted") from None
+            raise RuntimeError(
+                f"Slack could not say which channel {channel_ref!r} is ({exc}); nothing was posted"
+            ) from None
         if channel is None:
             raise RuntimeError(f"there is no channel {channel_ref!r} the bot can post to; nothing was posted")
         if not self._rule().allow_broadcast:

@@ -96,8 +96,13 @@ class Progress:
             self.model_text += "\n" if self.model_text and not self.model_text.endswith("\n") else ""
             for call in event.calls:
                 status = PROPOSED_STATUS.get(call["mode"], "not allowed")
-                self._set(call["id"], call["name"], call["args"], status, call.get("why", "") if status not in (
-                    "queued", "needs approval") else "")
+                self._set(
+                    call["id"],
+                    call["name"],
+                    call["args"],
+                    status,
+                    call.get("why", "") if status not in ("queued", "needs approval") else "",
+                )
             return True
         if isinstance(event, ToolStarted):
             self.status = "working"
@@ -131,8 +136,15 @@ class Progress:
         self.status = "working"
         self.card_undelivered = False
 
-    def _set(self, tool_call_id: str, name: str | None, args: dict[str, Any] | None, status: str, detail: str = "",
-             by: str = "") -> None:
+    def _set(
+        self,
+        tool_call_id: str,
+        name: str | None,
+        args: dict[str, Any] | None,
+        status: str,
+        detail: str = "",
+        by: str = "",
+    ) -> None:
         for step in self.steps:
             if step.tool_call_id == tool_call_id:
                 step.status = status
@@ -153,7 +165,7 @@ class Progress:
         return json.dumps(asdict(self))
 
     @classmethod
-    def from_json(cls, raw: str) -> "Progress":
+    def from_json(cls, raw: str) -> Progress:
         data = json.loads(raw)
         data["steps"] = [Step(**s) for s in data.get("steps", [])]
         return cls(**data)
@@ -186,12 +198,17 @@ class Progress:
     @staticmethod
     def _step_line(step: Step) -> Block:
         """One tool call as data: the mark, the tool, its arguments and what came of it; nothing in it is mrkdwn."""
-        parts = [rt_text(f"{STEP_MARK.get(step.status, '•')} "), rt_text(step.name, code=True),
-                 rt_text(f" {step.args} — {step.status}")]
+        parts = [
+            rt_text(f"{STEP_MARK.get(step.status, '•')} "),
+            rt_text(step.name, code=True),
+            rt_text(f" {step.args} — {step.status}"),
+        ]
         if step.detail and step.status in ("ok", "failed", "not allowed", "invalid arguments"):
             parts.append(rt_text(f": {visible(step.detail)}"))
         if step.by and step.status in ("approved", "rejected"):
             parts.append(rt_text(" by "))
             for n, user in enumerate(u for u in step.by.split(",") if u):
-                parts += [rt_text(", ")] * (n > 0) + [rt_user(user) if USER_ID.fullmatch(user) else rt_text(visible(user))]
+                parts += [rt_text(", ")] * (n > 0) + [
+                    rt_user(user) if USER_ID.fullmatch(user) else rt_text(visible(user))
+                ]
         return rt_section(*parts)

@@ -40,8 +40,9 @@ CARD_RETRY_MAX_S = 300.0
 
 
 class RunMessages:
-    def __init__(self, io: SlackIO, store: SlackStore, updater: MessageUpdater, runs: Runs, approvers: Approvers,
-                 audit: AuditLog) -> None:
+    def __init__(
+        self, io: SlackIO, store: SlackStore, updater: MessageUpdater, runs: Runs, approvers: Approvers, audit: AuditLog
+    ) -> None:
         self._io = io
         self._store = store
         self._updater = updater
@@ -55,7 +56,9 @@ class RunMessages:
     def show(self, progress: Progress, channel: str, ts: str) -> None:
         text, blocks = progress.render()
         # End states and pauses jump the queue; streaming progress waits its turn.
-        self._updater.submit(channel, ts, text=text, blocks=blocks, final=progress.final or progress.status == "waiting")
+        self._updater.submit(
+            channel, ts, text=text, blocks=blocks, final=progress.final or progress.status == "waiting"
+        )
 
     def listener(self, record: RunRecord, progress: Progress) -> OnEvent:
         """What the run's events do to its thread: the progress message, cards, decided cards, the audit log."""
@@ -75,9 +78,13 @@ class RunMessages:
             if isinstance(event, ReviewDecided):
                 await self.show_decision(run_id, event)
                 await self._audit.record_decision(run_id, event)
-                progress.decided([(a["tool_call_id"], d["type"]) for a, d in
-                                  zip(event.request["action_requests"], event.decisions, strict=True)],
-                                 event.decided_by or "?")
+                progress.decided(
+                    [
+                        (a["tool_call_id"], d["type"])
+                        for a, d in zip(event.request["action_requests"], event.decisions, strict=True)
+                    ],
+                    event.decided_by or "?",
+                )
             if isinstance(event, ReviewRequested):
                 # The card first: the progress message says "see the card below" only once there is one.
                 progress.card_undelivered = not await self.deliver_card(run_id, event.interrupt_id, event.request)
@@ -112,23 +119,40 @@ class RunMessages:
         if pending is None or pending.interrupt_id != interrupt_id:
             return True  # decided, rewound or cancelled meanwhile: nothing to post
         text, blocks = approval_card(
-            CardRef(run_id, interrupt_id), request, requester=record.requester, task=record.task,
+            CardRef(run_id, interrupt_id),
+            request,
+            requester=record.requester,
+            task=record.task,
             required=self._approvers.required(request, range(len(request["action_requests"]))),
             expires_at=pending.created_at + self._policy.expires_after_s,
         )
         attempts = record.card_attempts + 1 if record.card_for == interrupt_id else 1
         try:
-            ts = await self._io.post_or_raise(record.channel, record.thread_ts, text, blocks,
-                                              attempts=POST_ATTEMPTS if attempts == 1 else 1)
+            ts = await self._io.post_or_raise(
+                record.channel, record.thread_ts, text, blocks, attempts=POST_ATTEMPTS if attempts == 1 else 1
+            )
         except Undelivered as exc:
             delay = min(CARD_RETRY_MAX_S, max(exc.retry_after, CARD_GRACE_S * 2 ** min(attempts - 1, 8)))
-            log.warning("the approval card of run %s was not delivered (attempt %d: %s); trying again in %.0fs",
-                        run_id, attempts, exc, delay)
-            await self._store.update(run_id, card_for=interrupt_id, card_attempts=attempts,
-                                     card_retry_at=time.time() + delay)
+            log.warning(
+                "the approval card of run %s was not delivered (attempt %d: %s); trying again in %.0fs",
+                run_id,
+                attempts,
+                exc,
+                delay,
+            )
+            await self._store.update(
+                run_id, card_for=interrupt_id, card_attempts=attempts, card_retry_at=time.time() + delay
+            )
             return False
-        await self._store.update(run_id, card_ts=ts, card_channel=record.channel, card_interrupt=interrupt_id,
-                                 card_for=interrupt_id, card_attempts=0, card_retry_at=0)
+        await self._store.update(
+            run_id,
+            card_ts=ts,
+            card_channel=record.channel,
+            card_interrupt=interrupt_id,
+            card_for=interrupt_id,
+            card_attempts=0,
+            card_retry_at=0,
+        )
         return True
 
     async def redeliver_card(self, pending: PendingReview) -> None:
@@ -164,20 +188,38 @@ class RunMessages:
         if record is None or card is None:
             return
         text, blocks = decided_card(
-            CardRef(run_id, event.interrupt_id), event.request, event.decisions, decided_by=event.decided_by or "?",
-            requester=record.requester, task=record.task,
+            CardRef(run_id, event.interrupt_id),
+            event.request,
+            event.decisions,
+            decided_by=event.decided_by or "?",
+            requester=record.requester,
+            task=record.task,
         )
         self._updater.submit(*card, text=text, blocks=blocks, final=True)
 
-    def show_proposal(self, ref: CardRef, pending: PendingReview, record: RunRecord, *, required: int,
-                      approved_by: list[str], proposal: list[Any]) -> None:
+    def show_proposal(
+        self,
+        ref: CardRef,
+        pending: PendingReview,
+        record: RunRecord,
+        *,
+        required: int,
+        approved_by: list[str],
+        proposal: list[Any],
+    ) -> None:
         """A card that needs several approvers, after the first: the standing proposal and who approved so far."""
         card = record.card(ref.interrupt_id)
         if card is None:
             return
         text, blocks = approval_card(
-            ref, pending.request, requester=record.requester, task=record.task, required=required,
-            approved_by=approved_by, proposal=proposal, expires_at=pending.created_at + self._policy.expires_after_s,
+            ref,
+            pending.request,
+            requester=record.requester,
+            task=record.task,
+            required=required,
+            approved_by=approved_by,
+            proposal=proposal,
+            expires_at=pending.created_at + self._policy.expires_after_s,
         )
         self._updater.submit(*card, text=text, blocks=blocks, final=True)
 
@@ -187,6 +229,7 @@ class RunMessages:
         card = record.card(pending.interrupt_id) if record else None
         if record is None or card is None:
             return
-        text, blocks = closed_card(CardRef(run_id, pending.interrupt_id), pending.request, title=title, reason=reason,
-                                   task=record.task)
+        text, blocks = closed_card(
+            CardRef(run_id, pending.interrupt_id), pending.request, title=title, reason=reason, task=record.task
+        )
         self._updater.submit(*card, text=text, blocks=blocks, final=True)

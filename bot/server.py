@@ -24,7 +24,10 @@ def web_app(app: AsyncApp, redis: Redis, *, mode: str) -> web.Application:
         except Exception as exc:  # noqa: BLE001 - Bolt raises on bodies it cannot parse; answer, don't crash
             log.warning(
                 "refused a malformed Slack request (%s, %d bytes): %s: %s",
-                request.content_type, request.content_length or 0, type(exc).__name__, exc,
+                request.content_type,
+                request.content_length or 0,
+                type(exc).__name__,
+                exc,
             )
             return web.json_response({"ok": False, "error": "malformed_request"}, status=400)
         return await to_aiohttp_response(response)

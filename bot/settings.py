@@ -15,10 +15,11 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 def _ids(raw: str | None, name: str) -> frozenset[str]:
     ids = frozenset(part.strip() for part in (raw or "").replace(",", " ").split() if part.strip())
-    bad = sorted(i for i in ids if not i[:1] in ("U", "W", "S"))
+    bad = sorted(i for i in ids if i[:1] not in ("U", "W", "S"))
     if bad:
         raise ConfigError(
-            f"{name} holds Slack user IDs (U…/W…) and user group IDs (S…), never names; not understood: {', '.join(bad)}"
+            f"{name} holds Slack user IDs (U…/W…) and user group IDs (S…), never names; "
+            f"not understood: {', '.join(bad)}"
         )
     return ids
 
@@ -53,7 +54,7 @@ class BotSettings:
         return bool(self.app_token)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "BotSettings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> BotSettings:
         env = os.environ if env is None else env
         bot_token = env.get("SLACK_BOT_TOKEN", "")
         if not bot_token:
@@ -75,7 +76,9 @@ class BotSettings:
         api_url = env.get("SLACK_API_URL") or SLACK_API_DEFAULT
         raw_budget = env.get("CHATOPS_UPDATE_BUDGET") or "45"
         if not raw_budget.isdigit() or int(raw_budget) < 1:
-            raise ConfigError(f"CHATOPS_UPDATE_BUDGET must be a positive number of chat.update calls per minute, got {raw_budget!r}")
+            raise ConfigError(
+                f"CHATOPS_UPDATE_BUDGET must be a positive number of chat.update calls per minute, got {raw_budget!r}"
+            )
         log_level = (env.get("LOG_LEVEL") or "INFO").upper()
         if log_level not in LOG_LEVELS:
             raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {env.get('LOG_LEVEL')!r}")

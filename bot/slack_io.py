@@ -98,22 +98,36 @@ class SlackIO:
 
     # --- Slack calls ------------------------------------------------------------------------------
 
-    async def post(self, channel: str, thread_ts: str | None, text: str, blocks: list[dict[str, Any]] | None = None,
-                   ) -> str | None:
+    async def post(
+        self,
+        channel: str,
+        thread_ts: str | None,
+        text: str,
+        blocks: list[dict[str, Any]] | None = None,
+    ) -> str | None:
         """chat.postMessage with 429 and 5xx handling, or None (logged); background tasks only: it may wait."""
         try:
             return await self.post_or_raise(channel, thread_ts, text, blocks)
         except Undelivered:
             return None
 
-    async def post_or_raise(self, channel: str, thread_ts: str | None, text: str,
-                            blocks: list[dict[str, Any]] | None = None, *, attempts: int = POST_ATTEMPTS) -> str:
+    async def post_or_raise(
+        self,
+        channel: str,
+        thread_ts: str | None,
+        text: str,
+        blocks: list[dict[str, Any]] | None = None,
+        *,
+        attempts: int = POST_ATTEMPTS,
+    ) -> str:
         """chat.postMessage, trying ``attempts`` times through 429s (Retry-After) and 5xx (back-off); raises
         Undelivered when it gives up."""
         retry_after = 0.0
         for attempt in range(attempts):
             try:
-                response = await self.client.chat_postMessage(channel=channel, thread_ts=thread_ts, text=text, blocks=blocks)
+                response = await self.client.chat_postMessage(
+                    channel=channel, thread_ts=thread_ts, text=text, blocks=blocks
+                )
                 return str(response["ts"])
             except SlackApiError as exc:
                 status = exc.response.status_code
@@ -134,8 +148,9 @@ class SlackIO:
     async def tell(self, where: Where, text: str) -> None:
         """An ephemeral message only ``where.user`` sees, in the thread it is about when there is one."""
         try:
-            await self.client.chat_postEphemeral(channel=where.channel, user=where.user, text=text,
-                                                 thread_ts=where.thread_ts)
+            await self.client.chat_postEphemeral(
+                channel=where.channel, user=where.user, text=text, thread_ts=where.thread_ts
+            )
         except SlackApiError as exc:
             log.warning("could not tell %s in %s: %s", where.user, where.channel, exc.response.get("error"))
         except UNREACHABLE as exc:

@@ -11,7 +11,7 @@ import string
 import time
 import uuid
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
 
@@ -68,7 +68,7 @@ class RunRecord:
     card_retry_at: float = 0.0  # when a sweeper may try posting it again (epoch s; 0: not scheduled)
 
     @classmethod
-    def from_hash(cls, run_id: str, data: dict[str, str]) -> "RunRecord":
+    def from_hash(cls, run_id: str, data: dict[str, str]) -> RunRecord:
         known = {f.name for f in fields(cls)} - {"run_id"}
         values: dict[str, Any] = {k: v for k, v in data.items() if k in known}
         values["card_attempts"] = int(values.get("card_attempts") or 0)
@@ -77,8 +77,11 @@ class RunRecord:
 
     def progress_state(self) -> Progress:
         """The progress message's state, or a fresh one if it was never saved."""
-        return Progress.from_json(self.progress) if self.progress else Progress(self.run_id, self.requester or None,
-                                                                               self.task)
+        return (
+            Progress.from_json(self.progress)
+            if self.progress
+            else Progress(self.run_id, self.requester or None, self.task)
+        )
 
     def card(self, interrupt_id: str) -> tuple[str, str] | None:
         """(channel, ts) of the card posted for this review, if it is on Slack."""
@@ -114,6 +117,9 @@ _RECORD_FIELDS = frozenset(f.name for f in fields(RunRecord)) - {"run_id"}
 
 
 class SlackStore:
+    """The Slack side of runs in Redis. ``redis`` decodes replies (``decode_responses=True``, as graphs.runtime
+    makes it): they are str, which redis-py's types cannot know, hence the casts."""
+
     def __init__(self, redis: Redis, *, keys: Keys | None = None, ttl_s: int = DEFAULT_TTL_S) -> None:
         self.redis = redis
         self._keys = keys or Keys()
@@ -124,20 +130,21 @@ class SlackStore:
         return bool(await self.redis.set(self._keys.event(event_id), 1, nx=True, ex=EVENT_DEDUPE_S))
 
     async def run_for_thread(self, channel: str, thread_ts: str) -> str | None:
-        return await self.redis.get(self._keys.slack_thread(channel, thread_ts))
+        return cast(str | None, await self.redis.get(self._keys.slack_thread(channel, thread_ts)))
 
     async def claim_thread(self, channel: str, thread_ts: str, run_id: str) -> str:
         """Bind a Slack thread to a run; if another request bound it first, return that run's id."""
         key = self._keys.slack_thread(channel, thread_ts)
         if await self.redis.set(key, run_id, nx=True, ex=self._ttl_s):
             return run_id
-        return await self.redis.get(key) or run_id
+        return cast(str | None, await self.redis.get(key)) or run_id
 
     async def claim_turn(self, run_id: str, *, requester: str, task: str) -> Turn:
         """Claim the run's turn for ``requester``'s ``task``, unless someone holds it (then: who, and what)."""
         token = uuid.uuid4().hex
-        won, raw = await self.redis.eval(_CLAIM_TURN, 1, self._keys.turn(run_id), token, requester, task,
-                                         TURN_CLAIM_S * 1000)
+        won, raw = await self.redis.eval(
+            _CLAIM_TURN, 1, self._keys.turn(run_id), token, requester, task, TURN_CLAIM_S * 1000
+        )
         holder = json.loads(raw)
         return Turn(holder["requester"], holder["task"], holder["token"], mine=bool(won))
 
@@ -147,7 +154,7 @@ class SlackStore:
     # --- the run record -----------------------------------------------------------------------
 
     async def run(self, run_id: str) -> RunRecord | None:
-        data = await self.redis.hgetall(self._keys.slack_run(run_id))
+        data = cast(dict[str, str], await self.redis.hgetall(self._keys.slack_run(run_id)))
         return RunRecord.from_hash(run_id, data) if data else None
 
     async def update(self, run_id: str, **changes: Any) -> None:
@@ -167,6 +174,7 @@ class SlackStore:
     # --- dialogs --------------------------------------------------------------------------------
 
     async def bind_view(self, view_id: str, binding: ViewBinding) -> None:
+        """Remember a dialog the bot opens (by the external id it gives the view) for whom and which card."""
         await self.redis.set(self._keys.view(view_id), json.dumps(asdict(binding)), ex=VIEW_BINDING_S)
 
     async def view_binding(self, view_id: str) -> ViewBinding | None:
@@ -201,4 +209,4 @@ class SlackStore:
         return bool(added), list(everyone)
 
     async def approvers(self, run_id: str, interrupt_id: str) -> list[str]:
-        return list(await self.redis.zrange(self._keys.approved_by(run_id, interrupt_id), 0, -1))
+        return cast(list[str], await self.redis.zrange(self._keys.approved_by(run_id, interrupt_id), 0, -1))

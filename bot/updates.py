@@ -190,7 +190,7 @@ class MessageUpdater:
         if task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(task), drain_timeout_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 task.cancel()
                 await asyncio.wait({task}, timeout=1.0)
             except asyncio.CancelledError:  # our caller gave up: the shielded worker must not outlive it
@@ -200,15 +200,19 @@ class MessageUpdater:
                 log.exception("message updater worker failed")
         left = [m for m in self._messages.values() if m.pending is not None or m.inflight is not None]
         if left:
-            log.warning("message updater closed with %d undelivered message(s): %s", len(left),
-                        ", ".join(f"{m.channel}/{m.ts}" for m in left[:10]))
+            log.warning(
+                "message updater closed with %d undelivered message(s): %s",
+                len(left),
+                ", ".join(f"{m.channel}/{m.ts}" for m in left[:10]),
+            )
         for msg in left:
             msg.pending = msg.inflight = None
             self._resolve(msg, msg.version, ok=False)
         self._queued.clear()
 
-    def submit(self, channel: str, ts: str, *, text: str, blocks: list[dict[str, Any]] | None = None,
-               final: bool = False) -> None:
+    def submit(
+        self, channel: str, ts: str, *, text: str, blocks: list[dict[str, Any]] | None = None, final: bool = False
+    ) -> None:
         """Make this the content of message (channel, ts); returns at once and never raises."""
         try:
             if self._closing:
@@ -248,7 +252,7 @@ class MessageUpdater:
         msg.waiters.append(entry)
         try:
             return await asyncio.wait_for(waiter, timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
         finally:
             if entry in msg.waiters:
@@ -321,7 +325,7 @@ class MessageUpdater:
         timeout = _IDLE_POLL_S if wait is None else min(max(wait, 0.001), _IDLE_POLL_S)
         try:
             await asyncio.wait_for(self._wakeup.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     async def _deliver(self, msg: _Message) -> None:
@@ -334,7 +338,7 @@ class MessageUpdater:
             await self._client.chat_update(channel=msg.channel, ts=msg.ts, text=content.text, blocks=content.blocks)
         except SlackApiError as e:
             await self._failed(msg, content, e)
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+        except (TimeoutError, aiohttp.ClientError, OSError) as e:
             self._counts["errors"] += 1
             self._retry_later(msg, content, f"{type(e).__name__}")
         except Exception:  # e.g. content slack-sdk cannot serialise: retrying would fail the same way
@@ -373,22 +377,36 @@ class MessageUpdater:
         details = ""
         if error == "invalid_blocks":
             details = f": {(data.get('response_metadata') or {}).get('messages')}"
-        log.error("chat.update %s/%s failed permanently with %s (HTTP %s), edit dropped%s",
-                  msg.channel, msg.ts, error, status, details)
+        log.error(
+            "chat.update %s/%s failed permanently with %s (HTTP %s), edit dropped%s",
+            msg.channel,
+            msg.ts,
+            error,
+            status,
+            details,
+        )
         self._resolve(msg, content.version, ok=False)
 
     def _retry_later(self, msg: _Message, content: _Content, reason: str) -> None:
         msg.attempts += 1
         if msg.attempts >= self._max_attempts:
             self._counts["dropped"] += 1
-            log.error("chat.update %s/%s failed %d times (last: %s), edit dropped",
-                      msg.channel, msg.ts, msg.attempts, reason)
+            log.error(
+                "chat.update %s/%s failed %d times (last: %s), edit dropped", msg.channel, msg.ts, msg.attempts, reason
+            )
             msg.attempts = 0
             self._resolve(msg, content.version, ok=False)
             return
         backoff = min(_MAX_BACKOFF_S, self._retry_base_s * 2 ** (msg.attempts - 1))
-        log.warning("chat.update %s/%s failed (%s), attempt %d/%d, retrying in %.1fs",
-                    msg.channel, msg.ts, reason, msg.attempts, self._max_attempts, backoff)
+        log.warning(
+            "chat.update %s/%s failed (%s), attempt %d/%d, retrying in %.1fs",
+            msg.channel,
+            msg.ts,
+            reason,
+            msg.attempts,
+            self._max_attempts,
+            backoff,
+        )
         msg.retry_at = time.monotonic() + backoff
         self._requeue(msg, content)
 
@@ -416,8 +434,9 @@ class MessageUpdater:
     def _forget_idle(self) -> None:
         if len(self._messages) <= _KEEP_IDLE:
             return
-        for key in [k for k, m in itertools.islice(self._messages.items(), len(self._messages) - _KEEP_IDLE)
-                    if m.idle()]:
+        for key in [
+            k for k, m in itertools.islice(self._messages.items(), len(self._messages) - _KEEP_IDLE) if m.idle()
+        ]:
             del self._messages[key]
 
 

@@ -129,7 +129,9 @@ async def main(argv: list[str] | None = None) -> int:
 async def _review_loop(runs: Any, review: PendingReview | None) -> None:
     while review is not None:
         try:
-            result = await runs.resume(review.thread_id, review.interrupt_id, _decide(review), decided_by="terminal", on_event=_on_event)
+            result = await runs.resume(
+                review.thread_id, review.interrupt_id, _decide(review), decided_by="terminal", on_event=_on_event
+            )
         except InvalidDecision as exc:
             print(f"  refused: {exc}")
             continue

@@ -11,7 +11,8 @@ import asyncio
 import logging
 import operator
 import time
-from typing import Annotated, Any, TypedDict
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, TypeAlias, TypedDict, cast
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import (
@@ -19,6 +20,7 @@ from langchain_core.messages import (
     AnyMessage,
     HumanMessage,
     SystemMessage,
+    ToolCall,
     ToolMessage,
 )
 from langchain_core.runnables import RunnableConfig
@@ -38,6 +40,9 @@ from .tools import ASSESS_TIMEOUT_S, CURRENT_CALL, CallContext, ToolRegistry
 from .types import Assessment, strictest
 
 log = logging.getLogger(__name__)
+
+# Calls one review may ask about: what an approval card shows whole within Slack's 50 blocks (cards.py).
+MAX_REVIEW_CALLS = 20
 
 SYSTEM_PROMPT = """You are a chat-ops assistant for an operations team. You do operational tasks by calling tools.
 Propose every independent tool call the task needs in one turn. Some calls wait for a human to approve them;
@@ -60,6 +65,10 @@ class AgentState(TypedDict, total=False):
     outcome: str  # "", "done", "cancelled", "expired"
 
 
+# The compiled agent: its state, no run-time context, and the same state as input and output.
+AgentGraph: TypeAlias = CompiledStateGraph[AgentState, None, AgentState, AgentState]
+
+
 def last_ai_message(messages: list[AnyMessage]) -> AIMessage | None:
     for message in reversed(messages):
         if isinstance(message, AIMessage):
@@ -67,6 +76,12 @@ def last_ai_message(messages: list[AnyMessage]) -> AIMessage | None:
         if isinstance(message, HumanMessage):
             return None
     return None
+
+
+def call_id(call: ToolCall) -> str:
+    """A proposed call's id. LangChain's type allows none, but every planner here gives one (the model's id, or
+    the offline planner's)."""
+    return cast(str, call["id"])
 
 
 def message_text(message: AnyMessage) -> str:
@@ -81,11 +96,11 @@ def build_graph(
     registry: ToolRegistry,
     policy: Policy,
     *,
-    checkpointer: BaseCheckpointSaver | None = None,
+    checkpointer: BaseCheckpointSaver[str] | None = None,
     ledger: ExecutionLedger | None = None,
     redactor: Redactor | None = None,
     system_prompt: str = SYSTEM_PROMPT,
-) -> CompiledStateGraph:
+) -> AgentGraph:
     bound_model = model.bind_tools(registry.langchain_tools())
     ledger = ledger or MemoryLedger()
     redact = redactor or Redactor(())
@@ -105,13 +120,23 @@ def build_graph(
         waiting = _unanswered(state["messages"], ai)
         assessments = state.get("assessments") or {}
         outcomes: dict[str, dict[str, Any]] = {}
-        ask = []
+        ask: list[ToolCall] = []
         for call in waiting:
-            outcome = _policy_outcome(call, registry, policy, assessments.get(call["id"]))
+            outcome = _policy_outcome(call, registry, policy, assessments.get(call_id(call)))
+            if outcome is None and len(ask) >= MAX_REVIEW_CALLS:
+                # More than one card can show in full: the rest do not run, and the model is told so.
+                outcome = {
+                    "mode": "invalid",
+                    "type": "reject",
+                    "system": (
+                        f"The call did not run: at most {MAX_REVIEW_CALLS} calls can be reviewed at a time; "
+                        "propose the rest after these are decided."
+                    ),
+                }
             if outcome is None:
                 ask.append(call)
             else:
-                outcomes[call["id"]] = outcome
+                outcomes[call_id(call)] = outcome
         runs_now = any(o["type"] == "approve" for o in outcomes.values())
         decided_by = None
         if ask and not runs_now:
@@ -125,13 +150,15 @@ def build_graph(
                     answer = interrupt({**request, "error": str(exc)})
             decided_by = answer.get("decided_by")
             for call, decision in zip(ask, decisions, strict=True):  # one decision per call asked about
-                outcomes[call["id"]] = {"mode": "ask", **decision}
+                outcomes[call_id(call)] = {"mode": "ask", **decision}
         # else: read-only calls run first, so people see their results while they decide the rest;
         # execute comes back here for the calls still waiting.
 
-        calls, rejections, record_calls = [], [], []
+        calls: list[ToolCall] = []
+        rejections: list[ToolMessage] = []
+        record_calls: list[dict[str, Any]] = []
         for call in ai.tool_calls:
-            outcome = outcomes.get(call["id"])
+            outcome = outcomes.get(call_id(call))
             if outcome is None:
                 calls.append(call)
                 continue
@@ -203,8 +230,16 @@ def build_graph(
                     f"{call['name']} was started earlier but its outcome was not recorded (the bot may have "
                     "restarted mid-call); it was not run again — check its effect by hand",
                 )
-                write({"event": "tool_finished", "tool_call_id": call["id"], "name": call["name"], "ok": ok,
-                       "output": output, "duration_s": 0.0})
+                write(
+                    {
+                        "event": "tool_finished",
+                        "tool_call_id": call["id"],
+                        "name": call["name"],
+                        "ok": ok,
+                        "output": output,
+                        "duration_s": 0.0,
+                    }
+                )
             results.append(
                 ToolMessage(output, tool_call_id=call["id"], name=call["name"], status="success" if ok else "error")
             )
@@ -239,12 +274,12 @@ def build_graph(
     return graph.compile(checkpointer=checkpointer)
 
 
-def _unanswered(messages: list[AnyMessage], ai: AIMessage) -> list[dict[str, Any]]:
+def _unanswered(messages: list[AnyMessage], ai: AIMessage) -> list[ToolCall]:
     answered = {m.tool_call_id for m in messages if isinstance(m, ToolMessage)}
     return [call for call in ai.tool_calls if call["id"] not in answered]
 
 
-async def _assess_calls(registry: ToolRegistry, calls: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+async def _assess_calls(registry: ToolRegistry, calls: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     """Run each proposed call's own check (where a tool has one) once, bounded in time."""
     found: dict[str, dict[str, Any]] = {}
     for call in calls:
@@ -258,7 +293,7 @@ async def _assess_calls(registry: ToolRegistry, calls: list[dict[str, Any]]) -> 
         assert check is not None
         try:
             assessment = await asyncio.wait_for(check(args), ASSESS_TIMEOUT_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             assessment = Assessment("deny", reason=f"{call['name']} could not be checked in time; it did not run")
         except Exception as exc:  # noqa: BLE001 - a failing check must fail closed, never open
             log.warning("the check of a %s call failed: %s", call["name"], type(exc).__name__)
@@ -268,7 +303,7 @@ async def _assess_calls(registry: ToolRegistry, calls: list[dict[str, Any]]) -> 
 
 
 def _policy_outcome(
-    call: dict[str, Any], registry: ToolRegistry, policy: Policy, assessment: dict[str, Any] | None = None
+    call: Mapping[str, Any], registry: ToolRegistry, policy: Policy, assessment: dict[str, Any] | None = None
 ) -> dict[str, Any] | None:
     """What happens to a call without asking anyone; None means a human must decide."""
     name = call["name"]
@@ -291,7 +326,7 @@ def _policy_outcome(
 
 
 def proposed_outcomes(
-    calls: list[dict[str, Any]], registry: ToolRegistry, policy: Policy, assessments: dict[str, dict[str, Any]]
+    calls: Sequence[Mapping[str, Any]], registry: ToolRegistry, policy: Policy, assessments: dict[str, dict[str, Any]]
 ) -> dict[str, tuple[str, str]]:
     """Per tool call id, what will happen to it before anyone is asked (auto, ask, deny or invalid), and why
     when it will not run."""
@@ -308,7 +343,7 @@ async def _run_tool(registry: ToolRegistry, name: str, args: dict[str, Any]) -> 
     try:
         output = await asyncio.wait_for(tool.tool.ainvoke(args), tool.timeout_s)
         return True, str(output)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return False, f"{name} timed out after {tool.timeout_s:g}s and was stopped"
     except Exception as exc:  # noqa: BLE001 - any tool failure is reported to the model, not raised
         detail = str(exc) or exc.__class__.__name__

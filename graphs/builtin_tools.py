@@ -48,11 +48,11 @@ def build_registry(
     outbound = guard if guard is not None else OutboundGuard(HttpAllowlist.parse(None), timeout_s=http_timeout_s)
 
     async def search_runbooks(query: str) -> str:
-        """Search the runbooks folder (markdown notes and scripts) for a query; returns matching runbook names with their titles."""
+        """Search the runbooks folder (markdown notes and scripts) for a query; returns matching runbook names with their titles."""  # noqa: E501 - the model reads it as one line
         return find_runbooks(runbooks_dir, query)
 
     async def http_check(url: str) -> str:
-        """Check an HTTP(S) endpoint with a GET: returns the status, latency and the start of the body. Internal addresses are refused unless allowlisted."""
+        """Check an HTTP(S) endpoint with a GET: returns the status, latency and the start of the body. Internal addresses are refused unless allowlisted."""  # noqa: E501 - the model reads it as one line
         try:
             fetched = await outbound.fetch(url, reviewed=CURRENT_CALL.get().reviewed)
         except OutboundError as exc:
@@ -62,7 +62,7 @@ def build_registry(
         return fetched.summary()
 
     async def run_runbook(name: str) -> str:
-        """Run a runbook script by name (as listed by search_runbooks) from the configured runbooks folder; returns its exit code and output."""
+        """Run a runbook script by name (as listed by search_runbooks) from the configured runbooks folder; returns its exit code and output."""  # noqa: E501 - the model reads it as one line
         script = resolve_runbook(runbooks_dir, name)
         return await _run_script(script, runbook_timeout_s, env)
 
@@ -127,8 +127,10 @@ def resolve_runbook(runbooks_dir: Path, name: str) -> Path:
     path), never elsewhere; raises ToolFailed saying why not (a path, a notes file, no such runbook)."""
     if len(name) > MAX_RUNBOOK_NAME or not RUNBOOK_NAME.fullmatch(name):
         shown = name if len(name) <= 40 else name[:40] + "…"
-        raise ToolFailed(f"{shown!r} is not a runbook name (use a name from search_runbooks: letters, digits, "
-                         "'.', '-' and '_', without a path)")
+        raise ToolFailed(
+            f"{shown!r} is not a runbook name (use a name from search_runbooks: letters, digits, "
+            "'.', '-' and '_', without a path)"
+        )
     candidates = [runbooks_dir / name] + [runbooks_dir / f"{name}{ext}" for ext in RUNNABLE]
     for path in candidates:
         if _inside(runbooks_dir, path):
@@ -153,7 +155,7 @@ async def _run_script(script: Path, timeout_s: float, env: Mapping[str, str]) ->
     )
     try:
         output, _ = await asyncio.wait_for(process.communicate(), timeout_s)
-    except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
+    except (TimeoutError, asyncio.CancelledError) as exc:
         _kill_group(process)
         await process.wait()
         if isinstance(exc, asyncio.CancelledError):

@@ -37,7 +37,8 @@ def _binaries() -> tuple[Path, Path, Path]:
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 class EmbeddedRedis:
@@ -53,7 +54,7 @@ class EmbeddedRedis:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> "EmbeddedRedis":
+    def start(self) -> EmbeddedRedis:
         server, search, json_module = _binaries()
         self.port = self.port or free_port()
         args = [str(server), "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
@@ -64,15 +65,17 @@ class EmbeddedRedis:
             args += ["--dir", str(self.data_dir.resolve()), "--appendonly", "yes", "--appendfsync", "everysec"]
         else:
             args += ["--appendonly", "no"]
-        log = (self.data_dir / "redis.log") if self.data_dir else None
-        if log:
-            self.data_dir.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
+        log: Path | None = None
+        if self.data_dir:
+            log = self.data_dir / "redis.log"
+            self.data_dir.mkdir(parents=True, exist_ok=True)
             args += ["--logfile", str(log.resolve())]
         self._process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self._wait_ready(log)
         return self
 
     def _wait_ready(self, log: Path | None) -> None:
+        assert self.port is not None  # start() chose it
         client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)
         deadline = time.monotonic() + START_TIMEOUT_S
         try:
@@ -88,7 +91,9 @@ class EmbeddedRedis:
                 except (redis.ConnectionError, redis.BusyLoadingError):
                     time.sleep(0.05)
             self.stop()
-            raise EmbeddedRedisFailed(f"embedded redis-server did not answer on port {self.port} within {START_TIMEOUT_S}s")
+            raise EmbeddedRedisFailed(
+                f"embedded redis-server did not answer on port {self.port} within {START_TIMEOUT_S}s"
+            )
         finally:
             client.close()
 
@@ -96,6 +101,7 @@ class EmbeddedRedis:
         process, self._process = self._process, None
         if process is None or process.poll() is not None:
             return
+        assert self.port is not None  # start() chose it before it started the process
         try:
             # SHUTDOWN flushes the append-only file; a plain SIGTERM would too, but this is explicit.
             redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2).shutdown(nosave=not self.persistent)
@@ -110,7 +116,7 @@ class EmbeddedRedis:
             if process.stderr:
                 process.stderr.close()
 
-    def __enter__(self) -> "EmbeddedRedis":
+    def __enter__(self) -> EmbeddedRedis:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -16,7 +16,7 @@ def describe(snapshot: StateSnapshot) -> CheckpointInfo:
     """The checkpoint as a history line: where the run stood there and what happened just before."""
     values = snapshot.values or {}
     messages = values.get("messages", [])
-    metadata = dict(snapshot.metadata or {})
+    metadata: dict[str, Any] = dict(snapshot.metadata or {})
     step = int(metadata.get("step", -1))
     nxt = tuple(snapshot.next)
     ai = last_ai_message(messages)

@@ -198,8 +198,9 @@ class ThreadLocks:
                 await self._redis.eval(_RELEASE, 1, hold.key, hold.token)
         except Exception as exc:  # noqa: BLE001 - never raise over the block's own outcome
             reason = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
-            log.warning("could not release lock %s (%s); it expires on its own within %.1fs", hold.key, reason,
-                        self._ttl_s)
+            log.warning(
+                "could not release lock %s (%s); it expires on its own within %.1fs", hold.key, reason, self._ttl_s
+            )
 
 
 async def _to_the_end(work: Coroutine[Any, Any, None]) -> None:

@@ -259,7 +259,7 @@ class HttpAllowlist:
     hosts: tuple[_Host, ...] = ()
 
     @classmethod
-    def parse(cls, raw: str | None) -> "HttpAllowlist":
+    def parse(cls, raw: str | None) -> HttpAllowlist:
         """Entries separated by commas and/or whitespace; a malformed one raises ConfigError naming it."""
         prefixes: list[_Prefix] = []
         networks: list[tuple[str, IPNetwork]] = []
@@ -278,7 +278,8 @@ class HttpAllowlist:
 
     def entry_for_url(self, target: Target) -> str | None:
         """The prefix or host entry that allows this URL whatever it resolves to, if any."""
-        for rule in (*self.prefixes, *self.hosts):
+        rules: tuple[_Prefix | _Host, ...] = (*self.prefixes, *self.hosts)
+        for rule in rules:
             if rule.matches(target):
                 return rule.entry
         return None
@@ -426,7 +427,7 @@ class OutboundGuard:
             return (_ip_text(literal),)
         try:
             answers = await asyncio.wait_for(self._resolve(target.host, target.port), self.timeout_s)
-        except (OSError, UnicodeError, asyncio.TimeoutError):
+        except (TimeoutError, OSError, UnicodeError):
             return ()
         found: list[str] = []
         for answer in answers:
@@ -452,7 +453,7 @@ class OutboundGuard:
         try:
             async with asyncio.timeout(self.timeout_s):
                 return await self._fetch(method, first, reviewed)
-        except (httpx.HTTPError, httpx.InvalidURL, OSError, asyncio.TimeoutError, _TooManyRedirects) as exc:
+        except (TimeoutError, httpx.HTTPError, httpx.InvalidURL, OSError, _TooManyRedirects) as exc:
             # The cause goes to the operator's log only: in the result it would tell open ports from closed ones.
             log.info("%s %s: no HTTP answer (%s)", method, first.url, type(exc).__name__)
             raise failed from None

@@ -14,6 +14,7 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
+from pydantic import SecretStr
 
 from .builtin_tools import RUNNABLE, list_runbooks
 from .settings import DEFAULT_MODEL, CoreSettings
@@ -29,7 +30,7 @@ def make_model(settings: CoreSettings, runbooks_dir: Path) -> BaseChatModel:
             model=settings.model or DEFAULT_MODEL,
             base_url=settings.openai_base_url,
             # Local servers (vLLM, Ollama, LM Studio) accept any key; the client insists on one.
-            api_key=settings.openai_api_key or "not-needed",
+            api_key=SecretStr(settings.openai_api_key or "not-needed"),
             use_responses_api=False,
             streaming=True,
             timeout=120,
@@ -48,10 +49,12 @@ class OfflinePlanner(BaseChatModel):
     def _llm_type(self) -> str:
         return "chatops-offline-planner"
 
-    def bind_tools(self, tools: Any, **kwargs: Any) -> "OfflinePlanner":  # type: ignore[override]
+    def bind_tools(self, tools: Any, **kwargs: Any) -> OfflinePlanner:
         return self
 
-    def _generate(self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kw: Any) -> ChatResult:
+    def _generate(
+        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kw: Any
+    ) -> ChatResult:
         return ChatResult(generations=[ChatGeneration(message=self._answer(messages))])
 
     def _answer(self, messages: list[BaseMessage]) -> AIMessage:
@@ -81,7 +84,9 @@ class OfflinePlanner(BaseChatModel):
         runbooks = [p for p in list_runbooks(self.runbooks_dir) if p.suffix in RUNNABLE]
         # A runbook matches by its full name or its first, distinctive word ("disk" for disk-usage), never by a
         # word many share ("usage").
-        matched = [p.stem for p in runbooks if p.stem in text or re.search(rf"\b{re.escape(p.stem.split('-')[0])}\b", text)]
+        matched = [
+            p.stem for p in runbooks if p.stem in text or re.search(rf"\b{re.escape(p.stem.split('-')[0])}\b", text)
+        ]
         calls += [("run_runbook", {"name": name}) for name in matched]
         search = re.search(r"search (?:the )?runbooks? (?:for )?(.+)", request, re.IGNORECASE)
         if search or ("runbook" in text and not matched):
@@ -92,7 +97,8 @@ class OfflinePlanner(BaseChatModel):
 
 
 def _current_turn(messages: list[BaseMessage]) -> tuple[str, list[ToolMessage]]:
-    request, results = "", []
+    request = ""
+    results: list[ToolMessage] = []
     for message in messages:
         if isinstance(message, HumanMessage):
             request, results = str(message.content), []
@@ -121,5 +127,7 @@ def _summary(results: list[ToolMessage]) -> str:
 def _tool_calls(calls: list[tuple[str, dict[str, Any]]]) -> AIMessage:
     return AIMessage(
         content=f"{OFFLINE_LABEL} Planned {len(calls)} tool call(s).",
-        tool_calls=[{"name": n, "args": a, "id": f"call_{uuid.uuid4().hex[:12]}", "type": "tool_call"} for n, a in calls],
+        tool_calls=[
+            {"name": n, "args": a, "id": f"call_{uuid.uuid4().hex[:12]}", "type": "tool_call"} for n, a in calls
+        ],
     )

@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import yaml
 
@@ -61,7 +61,7 @@ class Policy:
     def allowed_decisions(self, tool_name: str) -> list[DecisionType]:
         return ["approve", "edit", "reject"]
 
-    def with_rules(self, **modes: ToolMode) -> "Policy":
+    def with_rules(self, **modes: ToolMode) -> Policy:
         rules = dict(self.rules)
         for name, mode in modes.items():
             _check_mode(name, mode)
@@ -69,7 +69,7 @@ class Policy:
         return replace(self, rules=rules)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Policy":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Policy:
         """The policy file named by CHATOPS_POLICY_FILE (else the defaults), then overrides:
         CHATOPS_TOOL_<NAME>=auto|ask|deny and CHATOPS_EXPIRES_AFTER (e.g. 90s, 30m, 24h).
 
@@ -79,15 +79,16 @@ class Policy:
         policy = cls.from_file(Path(path)) if path else cls()
         overrides = {k[len("CHATOPS_TOOL_") :].lower(): v for k, v in env.items() if k.startswith("CHATOPS_TOOL_")}
         if overrides:
-            for name, mode in overrides.items():
-                _check_mode(f"CHATOPS_TOOL_{name.upper()}", mode)
-            policy = policy.with_rules(**overrides)  # type: ignore[arg-type]
+            modes = {name: _check_mode(f"CHATOPS_TOOL_{name.upper()}", mode) for name, mode in overrides.items()}
+            policy = policy.with_rules(**modes)
         if env.get("CHATOPS_EXPIRES_AFTER"):
-            policy = replace(policy, expires_after_s=parse_duration(env["CHATOPS_EXPIRES_AFTER"], "CHATOPS_EXPIRES_AFTER"))
+            policy = replace(
+                policy, expires_after_s=parse_duration(env["CHATOPS_EXPIRES_AFTER"], "CHATOPS_EXPIRES_AFTER")
+            )
         return policy
 
     @classmethod
-    def from_file(cls, path: Path) -> "Policy":
+    def from_file(cls, path: Path) -> Policy:
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except OSError as exc:
@@ -111,9 +112,14 @@ class Policy:
         return cls(rules, default, parse_duration(str(expires), f"{path}: expires_after"))
 
 
-def _check_mode(where: str, mode: Any) -> None:
-    if mode not in MODES:
+def _is_mode(mode: object) -> TypeGuard[ToolMode]:
+    return mode in MODES
+
+
+def _check_mode(where: str, mode: object) -> ToolMode:
+    if not _is_mode(mode):
         raise ConfigError(f"{where} is {mode!r}; expected one of {', '.join(MODES)}")
+    return mode
 
 
 def _rule(raw: dict[str, Any], base: ToolRule, where: str) -> ToolRule:

@@ -69,7 +69,7 @@ class Redactor:
         self._paths = sorted((paths or {}).items(), key=lambda item: len(item[0]), reverse=True)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str], paths: Mapping[str, str] | None = None) -> "Redactor":
+    def from_env(cls, env: Mapping[str, str], paths: Mapping[str, str] | None = None) -> Redactor:
         return cls(secret_values(env), paths)
 
     def __call__(self, text: str) -> str:

@@ -10,6 +10,7 @@ so it runs before the answer reaches the graph (``Runs.resume``, and ``Runs.chec
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .errors import InvalidArguments, InvalidDecision
@@ -19,7 +20,7 @@ from .types import ActionRequest, Assessment, Decision, ReviewConfig, ReviewRequ
 
 
 def build_request(
-    calls: list[dict[str, Any]],
+    calls: Sequence[Mapping[str, Any]],
     registry: ToolRegistry,
     policy: Policy,
     assessments: dict[str, dict[str, Any]] | None = None,
@@ -96,7 +97,7 @@ async def check_edited_call(registry: ToolRegistry, name: str, args: Any) -> dic
     if assess is not None:
         try:
             found = await asyncio.wait_for(assess(checked), ASSESS_TIMEOUT_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             found = Assessment("deny", reason="it could not be checked in time")
         if found.mode == "deny":
             field = found.field if found.field in checked else next(iter(checked), "args")

@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import asdict
-from typing import Protocol
+from typing import Protocol, cast
 
 from redis.asyncio import Redis
+from redis.typing import EncodableT, FieldT
 
 from .keys import DEFAULT_TTL_S, Keys
 from .types import PendingReview
@@ -78,7 +80,10 @@ class RunIndex(Protocol):
 
 
 class RedisRunIndex:
-    """The index of one deployment (``keys``); a run's hash is kept ``ttl_s`` after its last write."""
+    """The index of one deployment (``keys``); a run's hash is kept ``ttl_s`` after its last write.
+
+    ``redis`` decodes replies (``decode_responses=True``, as graphs.runtime makes it): they are str, which
+    redis-py's types cannot know, hence the casts."""
 
     def __init__(self, redis: Redis, keys: Keys = Keys(), *, ttl_s: int = DEFAULT_TTL_S) -> None:
         self._redis = redis
@@ -91,12 +96,12 @@ class RedisRunIndex:
     async def update(self, thread_id: str, **fields: str | float | None) -> None:
         key = self._keys.run(thread_id)
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping={**_stored(fields), "updated_at": time.time()})
+            pipe.hset(key, mapping=_stored({**fields, "updated_at": time.time()}))
             pipe.expire(key, self._ttl_s)
             await pipe.execute()
 
     async def read(self, thread_id: str) -> dict[str, str]:
-        return await self._redis.hgetall(self._keys.run(thread_id))
+        return cast(dict[str, str], await self._redis.hgetall(self._keys.run(thread_id)))
 
     async def list_pending(self, review: PendingReview) -> None:
         await self.update(review.thread_id, status="waiting", pending=_review_json(review))
@@ -108,8 +113,8 @@ class RedisRunIndex:
 
     async def pending(self) -> list[PendingReview]:
         reviews = []
-        for thread_id in await self._redis.zrange(self._keys.pending, 0, -1):
-            raw = await self._redis.hget(self._keys.run(thread_id), "pending")
+        for thread_id in cast(list[str], await self._redis.zrange(self._keys.pending, 0, -1)):
+            raw = cast(str | None, await self._redis.hget(self._keys.run(thread_id), "pending"))
             if raw:
                 reviews.append(_review_from_json(raw))
             else:  # the run expired: drop it from the listing
@@ -123,13 +128,13 @@ class RedisRunIndex:
         await self._redis.zrem(self._keys.running, thread_id)
 
     async def running(self) -> list[str]:
-        return list(await self._redis.zrange(self._keys.running, 0, -1))
+        return cast(list[str], await self._redis.zrange(self._keys.running, 0, -1))
 
     async def request_cancel(self, thread_id: str, by: str | None, ttl_s: int) -> None:
         await self._redis.set(self._keys.cancel(thread_id), by or _NOBODY, ex=ttl_s)
 
     async def cancel_request(self, thread_id: str) -> str | None:
-        by = await self._redis.get(self._keys.cancel(thread_id))
+        by = cast(str | None, await self._redis.get(self._keys.cancel(thread_id)))
         return None if by is None else "" if by == _NOBODY else by
 
     async def clear_cancel(self, thread_id: str) -> None:
@@ -149,8 +154,10 @@ class MemoryRunIndex:
         self._runs.setdefault(thread_id, {}).setdefault("created_at", str(at))
 
     async def update(self, thread_id: str, **fields: str | float | None) -> None:
-        stored = {**_stored(fields), "updated_at": time.time()}
-        self._runs.setdefault(thread_id, {}).update({name: str(value) for name, value in stored.items()})
+        stored = {**fields, "updated_at": time.time()}
+        self._runs.setdefault(thread_id, {}).update(
+            {name: "" if value is None else str(value) for name, value in stored.items()}
+        )
 
     async def read(self, thread_id: str) -> dict[str, str]:
         return dict(self._runs.get(thread_id, {}))
@@ -185,7 +192,8 @@ class MemoryRunIndex:
         self._cancels.pop(thread_id, None)
 
 
-def _stored(fields: dict[str, str | float | None]) -> dict[str, str | float]:
+def _stored(fields: Mapping[str, str | float | None]) -> dict[FieldT, EncodableT]:
+    """The fields as a Redis hash keeps them: None as ""."""
     return {name: "" if value is None else value for name, value in fields.items()}
 
 

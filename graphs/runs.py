@@ -21,12 +21,12 @@ from datetime import datetime
 from typing import Any
 
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage
-from langgraph.graph.state import CompiledStateGraph
-from langgraph.types import Command
+from langchain_core.runnables import RunnableConfig
+from langgraph.types import Command, StreamMode
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from .agent import message_text, proposed_outcomes
+from .agent import AgentGraph, call_id, message_text, proposed_outcomes
 from .errors import (
     EmptyTask,
     LockLost,
@@ -62,7 +62,7 @@ from .types import (
 log = logging.getLogger(__name__)
 
 OnEvent = Callable[[RunEvent], Awaitable[None]]
-STREAM_MODES = ["messages", "updates", "custom"]
+STREAM_MODES: list[StreamMode] = ["messages", "updates", "custom"]
 CANCEL_POLL_S = 0.25
 
 
@@ -72,7 +72,7 @@ class Runs:
 
     def __init__(
         self,
-        graph: CompiledStateGraph,
+        graph: AgentGraph,
         registry: ToolRegistry,
         policy: Policy,
         redis: Redis,
@@ -95,7 +95,7 @@ class Runs:
         self._abandoned: set[asyncio.Task[Any]] = set()  # graphs stopped for a lost lock, still flushing writes
         self._redact = redact or (lambda text: text)  # a run's error may quote a secret (a model server's answer)
 
-    def _config(self, thread_id: str, checkpoint_id: str | None = None) -> dict[str, Any]:
+    def _config(self, thread_id: str, checkpoint_id: str | None = None) -> RunnableConfig:
         configurable = {"thread_id": thread_id}
         if checkpoint_id:
             configurable["checkpoint_id"] = checkpoint_id
@@ -139,7 +139,9 @@ class Runs:
         async with self.locks.hold(thread_id, wait_s=wait_s):
             pending = await self._pending_from_checkpoint(thread_id)
             if pending is None or pending.interrupt_id != interrupt_id:
-                raise NotPending(f"that review of thread {thread_id} is no longer pending (already decided or replaced)")
+                raise NotPending(
+                    f"that review of thread {thread_id} is no longer pending (already decided or replaced)"
+                )
             checked = check_response(pending.request, {"decisions": decisions}, self.registry)
             for decision in checked:
                 if decision["type"] == "edit":  # the tool's own check too, which the graph does not run
@@ -153,7 +155,7 @@ class Runs:
             await self._index.clear_pending(thread_id)
             await self._index.update(thread_id, status="running")
             await _safe_emit(on_event)(ReviewDecided(thread_id, interrupt_id, pending.request, checked, decided_by))
-            command = Command(resume={interrupt_id: answer})
+            command: Command[str] = Command(resume={interrupt_id: answer})
             return await self._drive(thread_id, command, self._config(thread_id), on_event)
 
     async def check_edit(self, name: str, args: Any) -> dict[str, Any]:
@@ -213,8 +215,12 @@ class Runs:
         if task is not None:
             task.cancel()
         async with self.locks.hold(thread_id, wait_s=wait_s):
-            await self._end(thread_id, "cancelled", f"Cancelled by {by}" if by else "Cancelled",
-                            "the run was cancelled before this call ran")
+            await self._end(
+                thread_id,
+                "cancelled",
+                f"Cancelled by {by}" if by else "Cancelled",
+                "the run was cancelled before this call ran",
+            )
             await self._index.update(thread_id, cancelled_by=by or "")
             await self._index.clear_cancel(thread_id)
         return RunResult(thread_id, "cancelled")
@@ -228,8 +234,12 @@ class Runs:
                 if pending is None:
                     await self._index.clear_pending(thread_id)
                 return False
-            await self._end(thread_id, "expired", "Expired: nobody decided in time",
-                            "nobody approved this call in time; it did not run")
+            await self._end(
+                thread_id,
+                "expired",
+                "Expired: nobody decided in time",
+                "nobody approved this call in time; it did not run",
+            )
             return True
 
     async def _end(self, thread_id: str, outcome: str, report: str, unanswered: str) -> None:
@@ -301,7 +311,9 @@ class Runs:
 
     # --- internals ----------------------------------------------------------------------------
 
-    async def _drive(self, thread_id: str, graph_input: Any, config: dict[str, Any], on_event: OnEvent | None) -> RunResult:
+    async def _drive(
+        self, thread_id: str, graph_input: Any, config: RunnableConfig, on_event: OnEvent | None
+    ) -> RunResult:
         # Marked as running until it stops here; if this process dies (or shuts down) first, the mark
         # outlives the thread's lock and recover() picks the run up from its last checkpoint.
         # So does a run this process stopped because it lost the thread's lock: it is neither failed nor
@@ -321,7 +333,7 @@ class Runs:
         return result
 
     async def _drive_once(
-        self, thread_id: str, graph_input: Any, config: dict[str, Any], on_event: OnEvent | None
+        self, thread_id: str, graph_input: Any, config: RunnableConfig, on_event: OnEvent | None
     ) -> RunResult:
         emit = _safe_emit(on_event)
         stream = asyncio.create_task(self._stream(thread_id, graph_input, config, emit))
@@ -340,7 +352,7 @@ class Runs:
             return RunResult(thread_id, "cancelled")
         except LockLost:
             raise  # not a failure of the run: another replica carries it on (see _drive)
-        except Exception as exc:  # noqa: BLE001 - a failed run is reported, not raised into the chat surface
+        except Exception as exc:  # a failed run is reported, not raised into the chat surface
             log.exception("run of thread %s failed", thread_id)
             error = self._redact(f"{exc.__class__.__name__}: {exc}")
             await self._index.update(thread_id, status="failed", error=error[:2000])
@@ -370,7 +382,7 @@ class Runs:
             raise
         stream.result()
 
-    async def _stream(self, thread_id: str, graph_input: Any, config: dict[str, Any], emit: OnEvent) -> None:
+    async def _stream(self, thread_id: str, graph_input: Any, config: RunnableConfig, emit: OnEvent) -> None:
         # durability="sync": the checkpoint (with its pending interrupt) is in Redis before we report a pause.
         # With the default "async", a checkpoint write can race its pending writes and leave a checkpoint that shows
         # no interrupt, so a resume by interrupt id would silently ask again under a new id.
@@ -391,7 +403,12 @@ class Runs:
             if chunk.get("event") == "tool_finished":
                 return [
                     ToolFinished(
-                        thread_id, chunk["tool_call_id"], chunk["name"], chunk["ok"], chunk["output"], chunk["duration_s"]
+                        thread_id,
+                        chunk["tool_call_id"],
+                        chunk["name"],
+                        chunk["ok"],
+                        chunk["output"],
+                        chunk["duration_s"],
                     )
                 ]
             return []
@@ -403,7 +420,8 @@ class Runs:
                     ai.tool_calls, self.registry, self.policy, chunk["planner"].get("assessments") or {}
                 )
                 calls = [
-                    {**call, "mode": outcomes[call["id"]][0], "why": outcomes[call["id"]][1]} for call in ai.tool_calls
+                    {**call, "mode": outcomes[call_id(call)][0], "why": outcomes[call_id(call)][1]}
+                    for call in ai.tool_calls
                 ]
                 return [ToolProposed(thread_id, calls)]
         return []
@@ -450,7 +468,9 @@ class Runs:
 def _log_lock_lost(thread_id: str, reason: str) -> None:
     log.warning(
         "stopped driving run %s (%s); it stays marked running, to be carried on from its last checkpoint "
-        "once the lock expires", thread_id, reason,
+        "once the lock expires",
+        thread_id,
+        reason,
     )
 
 
@@ -462,7 +482,7 @@ def _safe_emit(on_event: OnEvent | None) -> OnEvent:
             await on_event(event)
         except RedisError as exc:  # an outage, not a bug: one line, and the run goes on as far as it can
             log.error("run event listener could not reach Redis on %s (%s)", type(event).__name__, type(exc).__name__)
-        except Exception:  # noqa: BLE001 - a broken listener must not break the run
+        except Exception:  # a broken listener must not break the run
             log.exception("run event listener failed on %s", type(event).__name__)
 
     return emit

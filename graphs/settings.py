@@ -4,7 +4,7 @@ policy and the outbound allowlist. A malformed value is a ConfigError naming its
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,13 +53,13 @@ class CoreSettings:
         return Keys(self.key_prefix)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "CoreSettings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> CoreSettings:
         """Everything the core reads, from ``env`` alone (default: the process environment)."""
         env = os.environ if env is None else env
 
-        def number(name: str, default: float, kind: type = float) -> float:
+        def number(name: str, default: float, kind: Callable[[str], float] = float) -> float:
             raw = env.get(name)
-            if raw in (None, ""):
+            if not raw:  # unset or empty
                 return default
             try:
                 value = kind(raw)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.tools import BaseTool, StructuredTool
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from .display import summary
 from .errors import InvalidArguments
@@ -51,8 +51,25 @@ class RegisteredTool:
     def description(self) -> str:
         return self.tool.description
 
+    @property
+    def args_model(self) -> type[BaseModel]:
+        """What the tool's function takes (the model validates a call's arguments)."""
+        return _pydantic_model(self.tool.args_schema, self.name)
+
+    @property
+    def call_model(self) -> type[BaseModel]:
+        """The arguments a model may pass in a call (the args model less anything injected)."""
+        return _pydantic_model(self.tool.tool_call_schema, self.name)
+
     def json_schema(self) -> dict[str, Any]:
-        return self.tool.tool_call_schema.model_json_schema()
+        return self.call_model.model_json_schema()
+
+
+def _pydantic_model(schema: object, tool: str) -> type[BaseModel]:
+    # Every tool is made from a typed function (ToolRegistry.add), so LangChain gives it a pydantic v2 model.
+    if isinstance(schema, type) and issubclass(schema, BaseModel):
+        return schema
+    raise TypeError(f"tool {tool} has no pydantic argument model: {schema!r}")
 
 
 class ToolRegistry:
@@ -100,23 +117,28 @@ class ToolRegistry:
             raise InvalidArguments(name, {"tool": f"unknown tool {name!r}"})
         if not isinstance(args, dict):
             raise InvalidArguments(name, {"args": f"expected an object of arguments, got {type(args).__name__}"})
-        schema = self._tools[name].tool.args_schema
+        schema = self._tools[name].args_model
         try:
-            model = schema.model_validate(args)  # type: ignore[union-attr]
+            model = schema.model_validate(args)
         except ValidationError as exc:
             errors: dict[str, str] = {}
             for err in exc.errors():
                 field = ".".join(str(p) for p in err["loc"]) or "args"
                 errors.setdefault(field, err["msg"])
             raise InvalidArguments(name, errors) from None
-        allowed = set(self._tools[name].tool.tool_call_schema.model_fields)
+        allowed = set(self._tools[name].call_model.model_fields)
         extra = set(args) - allowed
         if extra:
-            raise InvalidArguments(name, {k: "unexpected argument" for k in sorted(extra)})
+            raise InvalidArguments(name, dict.fromkeys(sorted(extra), "unexpected argument"))
         size = len(json.dumps(args, ensure_ascii=False, default=str))
         if size > MAX_ARGS_CHARS:
-            raise InvalidArguments(name, {"args": f"{size:,} characters of arguments are too many for a person to "
-                                                  f"review (at most {MAX_ARGS_CHARS:,}); split the work"})
+            raise InvalidArguments(
+                name,
+                {
+                    "args": f"{size:,} characters of arguments are too many for a person to "
+                    f"review (at most {MAX_ARGS_CHARS:,}); split the work"
+                },
+            )
         return {k: v for k, v in model.model_dump().items() if k in allowed}
 
 

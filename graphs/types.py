@@ -79,7 +79,7 @@ class Assessment:
         return {"mode": self.mode, "facts": list(self.facts), "reason": self.reason, "field": self.field}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Assessment":
+    def from_dict(cls, data: dict[str, Any]) -> Assessment:
         return cls(data["mode"], tuple(data.get("facts") or ()), data.get("reason") or "", data.get("field") or "")
 
 

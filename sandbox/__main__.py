@@ -28,9 +28,18 @@ DEFAULT_PORT = 8765
 BOT_TOKEN = "xoxb-sandbox-local"
 MODEL_VARS = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "CHATOPS_MODEL")
 # Settings of the bot that make sense in the sandbox too; anything Slack-specific is the sandbox's to set.
-PASSED_THROUGH = (*MODEL_VARS, "CHATOPS_RUNBOOKS_DIR", "CHATOPS_HEALTH_URL", "CHATOPS_RUNBOOK_TIMEOUT",
-                  "CHATOPS_TTL_MINUTES", "CHATOPS_POLICY_FILE", "CHATOPS_EXPIRES_AFTER", "CHATOPS_HTTP_ALLOW",
-                  "CHATOPS_RUNBOOK_ENV", "LOG_LEVEL")
+PASSED_THROUGH = (
+    *MODEL_VARS,
+    "CHATOPS_RUNBOOKS_DIR",
+    "CHATOPS_HEALTH_URL",
+    "CHATOPS_RUNBOOK_TIMEOUT",
+    "CHATOPS_TTL_MINUTES",
+    "CHATOPS_POLICY_FILE",
+    "CHATOPS_EXPIRES_AFTER",
+    "CHATOPS_HTTP_ALLOW",
+    "CHATOPS_RUNBOOK_ENV",
+    "LOG_LEVEL",
+)
 # Alice asks and administers, Bob approves, Carol may not approve: enough people to try every permission rule.
 APPROVERS = "U0ALICE U0BOB"
 ADMINS = "U0ALICE"
@@ -63,12 +72,16 @@ def bot_env(env: Mapping[str, str], slack: LocalSlack, redis_url: str) -> dict[s
 
 def start_slack(port: int | None, label: str) -> LocalSlack:
     """The local Slack on `port`; with no port asked for, 8765 if free, else any free port."""
-    routes = ui_routes(UiConfig(model_label=label, personas=PERSONAS, notes=(
-        "Approvers: Alice and Bob (CHATOPS_APPROVERS); nobody approves their own run. Admin: Alice.",
-    )))
+    routes = ui_routes(
+        UiConfig(
+            model_label=label,
+            personas=PERSONAS,
+            notes=("Approvers: Alice and Bob (CHATOPS_APPROVERS); nobody approves their own run. Admin: Alice.",),
+        )
+    )
     # A fresh signing secret per start: nothing but this process's bot can sign for it.
     secret = secrets.token_hex(16)
-    for candidate in ([port] if port is not None else [DEFAULT_PORT, 0]):
+    for candidate in [port] if port is not None else [DEFAULT_PORT, 0]:
         slack = LocalSlack(secret, bot_token=BOT_TOKEN, port=candidate, extra_routes=routes)
         try:
             return slack.start()
@@ -81,10 +94,18 @@ def start_slack(port: int | None, label: str) -> LocalSlack:
 
 def parse_args(argv: list[str] | None, env: Mapping[str, str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m sandbox", description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, default=None,
-                        help=f"port of the web UI (default: SANDBOX_PORT, else {DEFAULT_PORT} if free, else any)")
-    parser.add_argument("--data-dir", type=Path, default=None,
-                        help="where Redis keeps its data and the bot its log (default: CHATOPS_DATA_DIR or .chatops-data)")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help=f"port of the web UI (default: SANDBOX_PORT, else {DEFAULT_PORT} if free, else any)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="where Redis keeps its data and the bot its log (default: CHATOPS_DATA_DIR or .chatops-data)",
+    )
     args = parser.parse_args(argv)
     if args.port is None and env.get("SANDBOX_PORT"):
         if not env["SANDBOX_PORT"].isdigit():
@@ -109,8 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     label = model_label(env)
     if env.get("SLACK_BOT_TOKEN"):
-        print("sandbox: SLACK_BOT_TOKEN is set, but this is the sandbox: it talks to a local Slack only. "
-              "To connect to your real workspace, run `python -m bot` instead.", flush=True)
+        print(
+            "sandbox: SLACK_BOT_TOKEN is set, but this is the sandbox: it talks to a local Slack only. "
+            "To connect to your real workspace, run `python -m bot` instead.",
+            flush=True,
+        )
 
     with contextlib.ExitStack() as cleanup:
         # The children must not see the terminal's Ctrl-C themselves: Redis would exit under the bot while the bot

@@ -49,7 +49,7 @@ def validate_rule(candidate: Mapping[str, Any]) -> Rule:
     # A typo in a matcher key would otherwise silently match everything; reject it where the script is written.
     unknown = set(candidate) - {"when", "reply", "times"}
     when = candidate.get("when", {})
-    reply = candidate.get("reply")
+    reply: Any = candidate.get("reply")  # checked below
     problems: list[str] = []
     if unknown:
         problems.append(f"unknown rule keys {sorted(unknown)}")
@@ -220,7 +220,7 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = 30  # idle keep-alive connections must not pin handler threads forever
     server: _Server
 
-    def log_message(self, format: str, *args: Any) -> None:
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
         if self.server.owner.log_requests:
             super().log_message(format, *args)
 
@@ -395,10 +395,11 @@ class ScriptedOpenAI:
         with self._lock:
             self._requests.append(body)
             for i, candidate in enumerate(self._rules):
-                if self._remaining[i] == 0 or not conversation.matches(candidate["when"]):
+                left = self._remaining[i]
+                if left == 0 or not conversation.matches(candidate["when"]):
                     continue
-                if self._remaining[i] is not None:
-                    self._remaining[i] -= 1
+                if left is not None:
+                    self._remaining[i] = left - 1
                 return candidate["reply"]
             self._unmatched.append(body)
             return None

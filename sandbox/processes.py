@@ -22,8 +22,9 @@ class BotProcess:
     """The bot on 127.0.0.1 and a free port; its log goes to ``log_path``. HTTP mode unless ``socket_mode``: then
     SLACK_APP_TOKEN from ``env`` is kept and the bot connects to Slack over Socket Mode (its port serves /healthz)."""
 
-    def __init__(self, env: Mapping[str, str], log_path: Path, *, port: int | None = None,
-                 socket_mode: bool = False) -> None:
+    def __init__(
+        self, env: Mapping[str, str], log_path: Path, *, port: int | None = None, socket_mode: bool = False
+    ) -> None:
         self.port = port or free_port()
         self.log_path = log_path
         base = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "OPENAI_", "CHATOPS_"))}
@@ -43,7 +44,7 @@ class BotProcess:
     def health_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/healthz"
 
-    def start(self) -> "BotProcess":
+    def start(self) -> BotProcess:
         log = open(self.log_path, "ab")
         self._process = subprocess.Popen(
             [sys.executable, "-m", "bot"], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
@@ -52,7 +53,9 @@ class BotProcess:
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                raise RuntimeError(f"the bot exited at start-up (code {self._process.returncode}):\n{self.log()[-3000:]}")
+                raise RuntimeError(
+                    f"the bot exited at start-up (code {self._process.returncode}):\n{self.log()[-3000:]}"
+                )
             try:
                 with urllib.request.urlopen(self.health_url, timeout=1) as response:
                     if response.status == 200:

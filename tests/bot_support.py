@@ -74,8 +74,11 @@ class Thread:
         return bot[0] if bot else None
 
     def cards(self) -> list[dict[str, Any]]:
-        return [m for m in self.replies() if header_of(m) in ("Approval needed", "Approval decided")
-                or header_of(m).startswith("Approval")]
+        return [
+            m
+            for m in self.replies()
+            if header_of(m) in ("Approval needed", "Approval decided") or header_of(m).startswith("Approval")
+        ]
 
     def card(self) -> dict[str, Any] | None:
         open_cards = [m for m in self.replies() if header_of(m) == "Approval needed"]
@@ -87,6 +90,7 @@ class Thread:
 
     async def wait_decided(self, card_ts: str, timeout: float = 20) -> dict[str, Any]:
         """The card once rewritten as decided (its edit may land just after the progress message's)."""
+
         def decided() -> bool:
             return header_of(self.slack.message(self.channel, card_ts) or {}) == "Approval decided"
 
@@ -104,8 +108,13 @@ class Thread:
 
 def card_value(card: dict[str, Any]) -> str:
     """What the card's buttons carry: ``<run id>:<interrupt id>``."""
-    return next(e["value"] for b in card["blocks"] if b.get("type") == "actions" for e in b["elements"]
-                if e.get("action_id") == "approve")
+    return next(
+        e["value"]
+        for b in card["blocks"]
+        if b.get("type") == "actions"
+        for e in b["elements"]
+        if e.get("action_id") == "approve"
+    )
 
 
 def checkbox_block(card: dict[str, Any]) -> tuple[str, str]:

@@ -38,7 +38,7 @@ def model() -> Iterator[ScriptedOpenAI]:
 
 
 class _Health(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:  # http.server's naming
         if self.path.startswith("/slow"):
             time.sleep(3)
         status = 200 if self.path.startswith(("/health", "/slow")) else 503
@@ -113,14 +113,14 @@ def outbox() -> Outbox:
 
 
 def settings_for(redis_url: str, model: ScriptedOpenAI, runbooks: Runbooks, **overrides: object) -> CoreSettings:
-    values: dict[str, object] = dict(
-        redis_url=redis_url,
-        openai_base_url=model.base_url,
-        openai_api_key="test-key",
-        model="scripted",
-        runbooks_dir=runbooks.dir,
-        runbook_timeout_s=10.0,
-    )
+    values: dict[str, object] = {
+        "redis_url": redis_url,
+        "openai_base_url": model.base_url,
+        "openai_api_key": "test-key",
+        "model": "scripted",
+        "runbooks_dir": runbooks.dir,
+        "runbook_timeout_s": 10.0,
+    }
     values.update(overrides)
     return CoreSettings(**values)  # type: ignore[arg-type]
 
@@ -140,14 +140,14 @@ def slack() -> Iterator[LocalSlack]:
 
 
 @pytest.fixture
-def start(slack, env, tmp_path):  # noqa: ANN001, ANN201 - env: the test module's bot environment
+def start(slack, env, tmp_path):  # env: the test module's bot environment
     """Start the real bot (``start(**extra_env)``), as often as a test needs; each is stopped cleanly after it
     and its log must be free of tracebacks."""
     from .bot_support import start_bot
 
     started = []
 
-    def start_with(**extra: str):  # noqa: ANN202
+    def start_with(**extra: str):
         process = start_bot(slack, {**env, **extra}, tmp_path / f"bot{len(started)}.log")
         started.append(process)
         return process

@@ -1,11 +1,11 @@
 """A TCP proxy on 127.0.0.1 that a test can cut off: calls through it hang, as in a network partition.
 
-    async with TcpProxy("127.0.0.1", redis_port) as proxy:
-        client = Redis.from_url(proxy.url)
-        proxy.blackhole()         # nothing more is forwarded either way: calls hang, nothing errors
-        proxy.drop_connections()  # reset every connection open now (data held back is discarded)
-        proxy.refuse()            # Redis is down: every connection, open or new, is reset at once
-        proxy.restore()           # forward again
+async with TcpProxy("127.0.0.1", redis_port) as proxy:
+    client = Redis.from_url(proxy.url)
+    proxy.blackhole()         # nothing more is forwarded either way: calls hang, nothing errors
+    proxy.drop_connections()  # reset every connection open now (data held back is discarded)
+    proxy.refuse()            # Redis is down: every connection, open or new, is reset at once
+    proxy.restore()           # forward again
 """
 
 from __future__ import annotations

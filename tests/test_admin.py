@@ -50,7 +50,11 @@ def run_id_of(card: dict) -> str:
 
 def audit_export(env: dict, run_id: str) -> list[dict]:
     done = subprocess.run(
-        [sys.executable, "-m", "bot.audit", "--run", run_id], cwd=ROOT, capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "bot.audit", "--run", run_id],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={"PATH": "/usr/bin:/bin", "REDIS_URL": env["REDIS_URL"], "CHATOPS_KEY_PREFIX": env["CHATOPS_KEY_PREFIX"]},
     )
     assert done.returncode == 0, done.stderr
@@ -115,14 +119,25 @@ async def test_rewind_after_an_approval_asks_again_and_old_cards_go_stale(slack,
 
     answer = await chatops(slack, ADMIN, f"rewind {run_id}")
     assert answer.startswith(f"Rewinding run `{run_id}`")
-    await slack.wait_for(lambda: any(f"was rewound by <@{ADMIN}>" in m.get("text", "") for m in thread.replies()),
-                         timeout=15, description="a note in the thread")
+    await slack.wait_for(
+        lambda: any(f"was rewound by <@{ADMIN}>" in m.get("text", "") for m in thread.replies()),
+        timeout=15,
+        description="a note in the thread",
+    )
     second = await thread.wait_card()
     assert second["ts"] != first["ts"]
     assert len(runbooks.executions("disk-usage")) == 1  # nothing ran again yet
 
-    old_value = f"{run_id}:" + next(e["value"] for b in first["blocks"] if b.get("type") == "actions"
-                                    for e in b["elements"] if e.get("action_id") == "approve").split(":")[1]
+    old_value = (
+        f"{run_id}:"
+        + next(
+            e["value"]
+            for b in first["blocks"]
+            if b.get("type") == "actions"
+            for e in b["elements"]
+            if e.get("action_id") == "approve"
+        ).split(":")[1]
+    )
     await deliver_click(slack, OTHER, first, "approve", old_value)
     await slack.wait_for(lambda: slack.ephemerals(OTHER), timeout=10)
     assert "no longer current" in slack.ephemerals(OTHER)[-1]["text"]
@@ -240,7 +255,9 @@ async def test_bad_subcommand_input_gets_a_clear_message(slack, start, model):
     run_id = run_id_of(card)
     assert "I know no run `zzzz9999`" in await chatops(slack, ADMIN, "history zzzz9999")
     assert "neither a run id" in await chatops(slack, ADMIN, "history https://example.invalid/not-a-thread")
-    assert "That thread has no run of mine" in await chatops(slack, ADMIN, f"history <http://x/archives/{OPS}/p1234567890123456>")
+    assert "That thread has no run of mine" in await chatops(
+        slack, ADMIN, f"history <http://x/archives/{OPS}/p1234567890123456>"
+    )
     assert "has no checkpoint 'nope1234'" in await chatops(slack, ADMIN, f"rewind {run_id} nope1234")
     assert "Usage: `/chatops history <run>`" in await chatops(slack, ADMIN, "history")
     assert "Usage: `/chatops run <task>`" in await chatops(slack, ADMIN, "run")

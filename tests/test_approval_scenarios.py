@@ -38,8 +38,11 @@ def script_ops_task(model, health_url: str, *, extra_calls: list | None = None) 
     ]
     model.reset(
         [
-            rule({"text": "I'll check the API, run the runbook and post.", "tool_calls": calls},
-                 last_user_contains="disk-usage runbook", has_tool_results=False),
+            rule(
+                {"text": "I'll check the API, run the runbook and post.", "tool_calls": calls},
+                last_user_contains="disk-usage runbook",
+                has_tool_results=False,
+            ),
             rule({"text": "All done: API healthy, disk at 42%, summary posted."}, has_tool_results=True),
         ]
     )
@@ -86,7 +89,9 @@ async def test_auto_tools_run_at_once_and_side_effects_wait_for_review(runtime, 
         ("run_runbook", {"name": "disk-usage"}),
         ("post_message", {"channel": "#ops", "text": "API up, disk 42%"}),
     ]
-    assert all(c["allowed_decisions"] == ["approve", "edit", "reject"] for c in result.pending.request["review_configs"])
+    assert all(
+        c["allowed_decisions"] == ["approve", "edit", "reject"] for c in result.pending.request["review_configs"]
+    )
     assert runbooks.executions() == []
     # Progress was streamed: model tokens, the proposal with each call's policy, then the review request.
     assert "".join(e.text for e in events.of(Token)).startswith("I'll check the API")
@@ -98,13 +103,21 @@ async def test_approve_one_edit_one_reject_one(runtime, model, health_url, runbo
     """A plan whose side effects get all three decisions: only approved and edited calls run."""
     script_ops_task(model, health_url, extra_calls=[{"name": "run_runbook", "args": {"name": "record"}}])
     paused = await runtime.runs.start(thread_id, TASK, requester="U_ASK")
-    assert [a["name"] for a in paused.pending.request["action_requests"]] == ["run_runbook", "post_message", "run_runbook"]
+    assert [a["name"] for a in paused.pending.request["action_requests"]] == [
+        "run_runbook",
+        "post_message",
+        "run_runbook",
+    ]
 
     events = Recorder()
     done = await runtime.runs.resume(
         thread_id,
         paused.pending.interrupt_id,
-        [approve(), edit("post_message", {"channel": "#ops-alerts", "text": "edited summary"}), reject("not during business hours")],
+        [
+            approve(),
+            edit("post_message", {"channel": "#ops-alerts", "text": "edited summary"}),
+            reject("not during business hours"),
+        ],
         decided_by="U_APPROVER",
         on_event=events,
     )
@@ -122,7 +135,7 @@ async def test_approve_one_edit_one_reject_one(runtime, model, health_url, runbo
     assert any("posted to #ops-alerts" in m["content"] for m in seen)
     # ...and its history shows the edited args it ran with.
     assistant = [m for m in model.requests[-1]["messages"] if m["role"] == "assistant"][-1]
-    post_call = [c for c in assistant["tool_calls"] if c["function"]["name"] == "post_message"][0]
+    post_call = next(c for c in assistant["tool_calls"] if c["function"]["name"] == "post_message")
     assert "#ops-alerts" in post_call["function"]["arguments"]
     assert isinstance(events.events[-1], Finished)
 
@@ -148,7 +161,9 @@ async def test_a_bad_edit_is_refused_and_nothing_runs(runtime, model, health_url
     assert refused.value.errors.keys() == {"channel"}
     assert "channel" in str(refused.value) and "string" in str(refused.value)
     with pytest.raises(InvalidArguments, match="unexpected argument"):
-        await runtime.runs.resume(thread_id, iid, [approve(), edit("post_message", {"channel": "#x", "text": "y", "shell": "rm"})])
+        await runtime.runs.resume(
+            thread_id, iid, [approve(), edit("post_message", {"channel": "#x", "text": "y", "shell": "rm"})]
+        )
     with pytest.raises(InvalidDecision, match="expected 2 decisions"):
         await runtime.runs.resume(thread_id, iid, [approve()])
     with pytest.raises(InvalidDecision, match="approve, edit or reject"):
@@ -211,9 +226,16 @@ async def test_a_tool_that_times_out_is_reported(redis_url, model, runbooks, thr
 async def test_failing_tools_are_reported_to_the_model(runtime, model, health_url, thread_id):
     model.reset(
         [
-            rule({"tool_calls": [{"name": "http_check", "args": {"url": f"{health_url}/down"}},
-                                 {"name": "run_runbook", "args": {"name": "failing"}},
-                                 {"name": "run_runbook", "args": {"name": "../../bin/sh"}}]}, has_tool_results=False),
+            rule(
+                {
+                    "tool_calls": [
+                        {"name": "http_check", "args": {"url": f"{health_url}/down"}},
+                        {"name": "run_runbook", "args": {"name": "failing"}},
+                        {"name": "run_runbook", "args": {"name": "../../bin/sh"}},
+                    ]
+                },
+                has_tool_results=False,
+            ),
             rule({"text": "Both failed."}, has_tool_results=True),
         ]
     )
@@ -271,7 +293,9 @@ async def test_rewind_to_the_review_checkpoint_asks_again(runtime, model, health
     assert info["rewound_by"] == "U_ADMIN"
 
 
-async def test_rewind_to_a_post_review_checkpoint_asks_again_instead_of_replaying(runtime, model, health_url, runbooks, thread_id):
+async def test_rewind_to_a_post_review_checkpoint_asks_again_instead_of_replaying(
+    runtime, model, health_url, runbooks, thread_id
+):
     script_ops_task(model, health_url)
     first = await runtime.runs.start(thread_id, TASK)
     await runtime.runs.resume(thread_id, first.pending.interrupt_id, [approve(), reject()])
@@ -305,7 +329,9 @@ async def test_cancel_a_running_run_stops_its_tool(redis_url, model, runbooks, t
     async with open_runtime(settings_for(redis_url, model, runbooks, runbook_timeout_s=30.0)) as rt:
         paused = await rt.runs.start(thread_id, "run the sleepy runbook")
         events = Recorder()
-        running = asyncio.create_task(rt.runs.resume(thread_id, paused.pending.interrupt_id, [approve()], on_event=events))
+        running = asyncio.create_task(
+            rt.runs.resume(thread_id, paused.pending.interrupt_id, [approve()], on_event=events)
+        )
         for _ in range(200):
             if events.of(ToolStarted):
                 break
@@ -315,3 +341,21 @@ async def test_cancel_a_running_run_stops_its_tool(redis_url, model, runbooks, t
         result = await asyncio.wait_for(running, 10)
     assert result.status == "cancelled"
     assert events.events[-1].__class__.__name__ == "Cancelled"
+
+
+async def test_more_calls_than_one_card_can_show_are_refused_and_the_model_is_told(runtime, model, outbox, thread_id):
+    calls = [{"name": "post_message", "args": {"channel": "#ops", "text": f"note {n}"}} for n in range(23)]
+    model.reset(
+        [
+            rule({"tool_calls": calls}, has_tool_results=False),
+            rule({"text": "Posted what was allowed."}, has_tool_results=True),
+        ]
+    )
+    paused = await runtime.runs.start(thread_id, "post 23 notes")
+    assert paused.pending is not None
+    asked = [a["args"]["text"] for a in paused.pending.request["action_requests"]]
+    assert asked == [f"note {n}" for n in range(20)]  # every call a card can show whole, and no more
+    done = await runtime.runs.resume(thread_id, paused.pending.interrupt_id, [approve()] * 20)
+    assert done.status == "done" and [text for _, text in outbox.posts] == asked
+    told = [m["content"] for m in model.requests[-1]["messages"] if m["role"] == "tool"]
+    assert sum("at most 20 calls can be reviewed at a time" in t for t in told) == 3

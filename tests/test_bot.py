@@ -135,8 +135,13 @@ async def test_a_stale_card_is_refused_to_the_clicker_only(slack, bot, model, ru
     await slack.click_button(APPROVER, OPS, card["ts"], "approve")
     await thread.wait_progress("Done")
     # Another approver's client still shows the old card and they click Approve on it.
-    old_value = next(e["value"] for b in card["blocks"] if b.get("type") == "actions"
-                     for e in b["elements"] if e.get("action_id") == "approve")
+    old_value = next(
+        e["value"]
+        for b in card["blocks"]
+        if b.get("type") == "actions"
+        for e in b["elements"]
+        if e.get("action_id") == "approve"
+    )
     click = await deliver_click(slack, OTHER, card, "approve", old_value)
     assert click.status == 200
     await slack.wait_for(lambda: slack.ephemerals(OTHER), timeout=10, description="a refusal of a stale click")
@@ -158,8 +163,15 @@ async def deliver_click(slack: LocalSlack, user: str, card: dict, action_id: str
         "channel": {"id": OPS, "name": "ops"},
         "message": card,
         "state": {"values": {}},
-        "actions": [{"type": "button", "action_id": action_id, "block_id": "x", "value": value,
-                     "action_ts": f"{time.time():.6f}"}],
+        "actions": [
+            {
+                "type": "button",
+                "action_id": action_id,
+                "block_id": "x",
+                "value": value,
+                "action_ts": f"{time.time():.6f}",
+            }
+        ],
     }
     body = urlencode({"payload": json.dumps(payload)})
     return await slack.deliver_raw(body, {"Content-Type": "application/x-www-form-urlencoded"})
@@ -185,9 +197,13 @@ async def test_edit_dialog_shows_field_errors_then_runs_the_edited_call(slack, b
 
     # Valid: untick the recording runbook, send the post to another channel.
     good = await slack.submit_view(
-        APPROVER, view["id"],
-        {"include_1": {"include_1": []}, "arg_2_channel": {"arg_2_channel": "#ops-alerts"},
-         "arg_2_text": {"arg_2_text": "edited"}},
+        APPROVER,
+        view["id"],
+        {
+            "include_1": {"include_1": []},
+            "arg_2_channel": {"arg_2_channel": "#ops-alerts"},
+            "arg_2_text": {"arg_2_text": "edited"},
+        },
     )
     assert good.status == 200 and not good.body
     await thread.wait_progress("Done")
@@ -232,7 +248,9 @@ async def test_two_bot_replicas_clicked_at_once_resume_once(slack, env, bot, mod
         await asyncio.sleep(1)
         assert len(runbooks.executions("disk-usage")) == 1 and len(runbooks.executions("record")) == 1
         refused = slack.ephemerals(APPROVER) + slack.ephemerals(OTHER)
-        assert len(refused) == 1 and ("deciding this card" in refused[0]["text"] or "no longer current" in refused[0]["text"])
+        assert len(refused) == 1 and (
+            "deciding this card" in refused[0]["text"] or "no longer current" in refused[0]["text"]
+        )
     finally:
         second.stop()
 
@@ -241,10 +259,14 @@ async def test_a_repeated_event_delivery_starts_one_run(slack, bot, model, runbo
     script_three_calls(model)
     deliveries = await slack.post_user_message(REQUESTER, OPS, f"<@U0BOT> {TASK}")
     envelope = next(d.request for d in deliveries if d.request["event"]["type"] == "app_mention")
-    retries = await asyncio.gather(*(slack.deliver_event(envelope, retry_num=n, retry_reason="http_timeout") for n in (1, 2, 3)))
+    retries = await asyncio.gather(
+        *(slack.deliver_event(envelope, retry_num=n, retry_reason="http_timeout") for n in (1, 2, 3))
+    )
     assert all(r.status == 200 for r in retries)
     root = [m for m in slack.messages(OPS) if m.get("user") == REQUESTER][-1]
-    await slack.wait_for(lambda: any(header_of(m) == "Approval needed" for m in slack.messages(OPS, root["ts"])), timeout=20)
+    await slack.wait_for(
+        lambda: any(header_of(m) == "Approval needed" for m in slack.messages(OPS, root["ts"])), timeout=20
+    )
     await asyncio.sleep(1)
     bot_replies = [m for m in slack.messages(OPS, root["ts"]) if m.get("user") == "U0BOT"]
     assert len(bot_replies) == 2  # one progress message, one card
@@ -275,8 +297,11 @@ async def test_a_new_mention_in_a_paused_thread_says_so(slack, bot, model, runbo
     thread = await mention(slack, TASK)
     await thread.wait_card()
     await slack.post_user_message(OTHER, OPS, "<@U0BOT> also restart the web server", thread_ts=thread.ts)
-    await slack.wait_for(lambda: any("waiting for approval on the card above" in m.get("text", "") for m in thread.replies()),
-                         timeout=10, description="a note that the run is paused")
+    await slack.wait_for(
+        lambda: any("waiting for approval on the card above" in m.get("text", "") for m in thread.replies()),
+        timeout=10,
+        description="a note that the run is paused",
+    )
     assert len(model.requests) == 1
 
 
@@ -284,21 +309,30 @@ async def test_chatops_run_and_dm_start_runs(slack, bot, model, runbooks):
     script_three_calls(model)
     ack = await slack.slash_command(REQUESTER, OPS, "/chatops", f"run {TASK}")
     assert ack.status == 200
-    await slack.wait_for(lambda: any(m.get("text", "").endswith(f"asked: {TASK}") for m in slack.messages(OPS)), timeout=10)
+    await slack.wait_for(
+        lambda: any(m.get("text", "").endswith(f"asked: {TASK}") for m in slack.messages(OPS)), timeout=10
+    )
     root = [m for m in slack.messages(OPS) if m.get("text", "").endswith(f"asked: {TASK}")][-1]
-    await slack.wait_for(lambda: any(header_of(m) == "Approval needed" for m in slack.messages(OPS, root["ts"])), timeout=20)
+    await slack.wait_for(
+        lambda: any(header_of(m) == "Approval needed" for m in slack.messages(OPS, root["ts"])), timeout=20
+    )
 
     dm = slack.dm_channel(OTHER)
     await slack.post_user_message(OTHER, dm, TASK)
-    await slack.wait_for(lambda: any(header_of(m) == "Approval needed" for m in slack.messages(dm, slack.messages(dm)[0]["ts"])),
-                         timeout=20, description="a card in the DM thread")
+    await slack.wait_for(
+        lambda: any(header_of(m) == "Approval needed" for m in slack.messages(dm, slack.messages(dm)[0]["ts"])),
+        timeout=20,
+        description="a card in the DM thread",
+    )
     help_ack = await slack.slash_command(REQUESTER, OPS, "/chatops", "help")
     assert "/chatops run <task>" in help_ack.body
 
 
 async def test_bad_signatures_and_malformed_payloads_are_refused_without_harm(slack, bot, model, runbooks):
     body = json.dumps({"type": "event_callback", "event_id": "Ev1", "event": {"type": "app_mention"}})
-    forged = await slack.deliver_raw(body, {"Content-Type": "application/json", "X-Slack-Signature": "v0=bad"}, sign=False)
+    forged = await slack.deliver_raw(
+        body, {"Content-Type": "application/json", "X-Slack-Signature": "v0=bad"}, sign=False
+    )
     assert forged.status == 401
     stale = await slack.deliver_raw(body, {"Content-Type": "application/json"}, timestamp=int(time.time()) - 600)
     assert stale.status == 401
@@ -349,10 +383,12 @@ async def test_a_run_cut_off_by_a_crash_carries_on_after_a_restart_without_rerun
 ):
     from sandbox.openai_server import rule
 
-    model.reset([
-        rule({"tool_calls": [{"name": "run_runbook", "args": {"name": "slow"}}]}, has_tool_results=False),
-        rule({"text": "Finished after the restart."}, has_tool_results=True),
-    ])
+    model.reset(
+        [
+            rule({"tool_calls": [{"name": "run_runbook", "args": {"name": "slow"}}]}, has_tool_results=False),
+            rule({"text": "Finished after the restart."}, has_tool_results=True),
+        ]
+    )
     first = start_bot(slack, env, tmp_path / "bot.log")
     thread = await mention(slack, "run the slow runbook")
     card = await thread.wait_card()

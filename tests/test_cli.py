@@ -17,7 +17,12 @@ def test_terminal_demo_asks_before_running_and_reports(redis_url, runbooks, tmp_
     answers = "a\nr\nnot now\n"
     done = subprocess.run(
         [sys.executable, "-m", "graphs", "run the disk-usage runbook and post a summary to #ops"],
-        input=answers, capture_output=True, text=True, cwd=ROOT, env=env, timeout=60,
+        input=answers,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     out = done.stdout

@@ -58,6 +58,11 @@ async def api_error(call: Any) -> SlackApiError:
     return info.value
 
 
+async def error_code(call: Any) -> str:
+    """The ``error`` Slack answers a failing call with."""
+    return (await api_error(call)).response["error"]
+
+
 def checkbox_card(options: int = 3, initial: list[int] | None = None) -> list[dict[str, Any]]:
     opts = [{"text": {"type": "plain_text", "text": f"tool {i}"}, "value": f"t{i}"} for i in range(options)]
     element: dict[str, Any] = {"type": "checkboxes", "action_id": "pick", "options": opts}
@@ -66,10 +71,19 @@ def checkbox_card(options: int = 3, initial: list[int] | None = None) -> list[di
     return [
         {"type": "section", "block_id": "intro", "text": {"type": "mrkdwn", "text": "Approve these tool calls?"}},
         {"type": "actions", "block_id": "tools", "elements": [element]},
-        {"type": "actions", "block_id": "decide", "elements": [
-            {"type": "button", "action_id": "approve", "text": {"type": "plain_text", "text": "Approve"},
-             "value": "run-42", "style": "primary"},
-        ]},
+        {
+            "type": "actions",
+            "block_id": "decide",
+            "elements": [
+                {
+                    "type": "button",
+                    "action_id": "approve",
+                    "text": {"type": "plain_text", "text": "Approve"},
+                    "value": "run-42",
+                    "style": "primary",
+                },
+            ],
+        },
     ]
 
 
@@ -80,12 +94,25 @@ MODAL = {
     "submit": {"type": "plain_text", "text": "Send"},
     "private_metadata": json.dumps({"run": "42"}),
     "blocks": [
-        {"type": "input", "block_id": "why", "label": {"type": "plain_text", "text": "Reason"},
-         "element": {"type": "plain_text_input", "action_id": "text"}},
-        {"type": "input", "block_id": "env", "label": {"type": "plain_text", "text": "Env"},
-         "element": {"type": "static_select", "action_id": "pick", "options": [
-             {"text": {"type": "plain_text", "text": "prod"}, "value": "prod"},
-             {"text": {"type": "plain_text", "text": "staging"}, "value": "staging"}]}},
+        {
+            "type": "input",
+            "block_id": "why",
+            "label": {"type": "plain_text", "text": "Reason"},
+            "element": {"type": "plain_text_input", "action_id": "text"},
+        },
+        {
+            "type": "input",
+            "block_id": "env",
+            "label": {"type": "plain_text", "text": "Env"},
+            "element": {
+                "type": "static_select",
+                "action_id": "pick",
+                "options": [
+                    {"text": {"type": "plain_text", "text": "prod"}, "value": "prod"},
+                    {"text": {"type": "plain_text", "text": "staging"}, "value": "staging"},
+                ],
+            },
+        },
     ],
 }
 
@@ -120,8 +147,7 @@ async def test_auth_post_update_thread_and_inspection(slack: LocalSlack, client:
 
     await client.reactions_add(channel=OPS, timestamp=ts, name="eyes")
     assert slack.message(OPS, ts)["reactions"] == {"eyes": ["U0BOT"]}  # type: ignore[index]
-    assert (await api_error(client.reactions_add(channel=OPS, timestamp=ts, name="eyes"))).response["error"] \
-        == "already_reacted"
+    assert await error_code(client.reactions_add(channel=OPS, timestamp=ts, name="eyes")) == "already_reacted"
     await client.reactions_remove(channel=OPS, timestamp=ts, name="eyes")
 
     assert (await client.users_info(user=ALICE))["user"]["is_admin"] is True
@@ -154,20 +180,20 @@ async def test_views_open_needs_fresh_trigger(slack: LocalSlack, client: AsyncWe
     assert opened["id"].startswith("V") and opened["hash"] and opened["callback_id"] == "reason"
     assert [r["view"]["id"] for r in slack.views(ALICE, open_only=True)] == [opened["id"]]
     # A trigger is single-use.
-    assert (await api_error(client.views_open(trigger_id=trigger, view=MODAL))).response["error"] \
-        == "trigger_exchanged"
+    assert await error_code(client.views_open(trigger_id=trigger, view=MODAL)) == "trigger_exchanged"
 
     old = slack.new_trigger(ALICE)
     slack.age_trigger(old, 3.5)
-    assert (await api_error(client.views_open(trigger_id=old, view=MODAL))).response["error"] == "expired_trigger_id"
-    assert (await api_error(client.views_open(trigger_id="123.456.abc", view=MODAL))).response["error"] \
-        == "invalid_trigger_id"
+    assert await error_code(client.views_open(trigger_id=old, view=MODAL)) == "expired_trigger_id"
+    assert await error_code(client.views_open(trigger_id="123.456.abc", view=MODAL)) == "invalid_trigger_id"
 
-    updated = await client.views_update(view_id=opened["id"], hash=opened["hash"],
-                                        view={**MODAL, "title": {"type": "plain_text", "text": "Why now?"}})
+    updated = await client.views_update(
+        view_id=opened["id"], hash=opened["hash"], view={**MODAL, "title": {"type": "plain_text", "text": "Why now?"}}
+    )
     assert updated["view"]["title"]["text"] == "Why now?"
-    assert (await api_error(client.views_update(view_id=opened["id"], hash=opened["hash"], view=MODAL))) \
-        .response["error"] == "hash_conflict"
+    assert (
+        await error_code(client.views_update(view_id=opened["id"], hash=opened["hash"], view=MODAL)) == "hash_conflict"
+    )
     long_title = {**MODAL, "title": {"type": "plain_text", "text": "x" * 25}}
     err = await api_error(client.views_open(trigger_id=slack.new_trigger(ALICE), view=long_title))
     assert err.response["error"] == "invalid_blocks"
@@ -186,21 +212,18 @@ async def test_block_kit_limits(slack: LocalSlack, client: AsyncWebClient) -> No
     assert err.response["response_metadata"]["messages"] == [
         "[ERROR] must be less than 11 items [json-pointer:/blocks/1/elements/0/options]"
     ]
-    dup = checkbox_card() + [{"type": "divider", "block_id": "tools"}]
-    assert (await api_error(client.chat_postMessage(channel=OPS, text="x", blocks=dup))).response["error"] \
-        == "invalid_blocks"
+    dup = [*checkbox_card(), {"type": "divider", "block_id": "tools"}]
+    assert await error_code(client.chat_postMessage(channel=OPS, text="x", blocks=dup)) == "invalid_blocks"
     long_section = [{"type": "section", "text": {"type": "mrkdwn", "text": "a" * 3001}}]
-    assert (await api_error(client.chat_postMessage(channel=OPS, text="x", blocks=long_section))) \
-        .response["error"] == "invalid_blocks"
+    assert await error_code(client.chat_postMessage(channel=OPS, text="x", blocks=long_section)) == "invalid_blocks"
 
-    assert (await api_error(client.chat_postMessage(channel=OPS, text="a" * 40_001))).response["error"] \
-        == "msg_too_long"
-    assert (await api_error(client.chat_postMessage(channel=OPS, text=""))).response["error"] == "no_text"
-    assert (await api_error(client.chat_postMessage(channel="C0NOPE", text="x"))).response["error"] \
-        == "channel_not_found"
+    assert await error_code(client.chat_postMessage(channel=OPS, text="a" * 40_001)) == "msg_too_long"
+    assert await error_code(client.chat_postMessage(channel=OPS, text="")) == "no_text"
+    assert await error_code(client.chat_postMessage(channel="C0NOPE", text="x")) == "channel_not_found"
     ts = (await client.chat_postMessage(channel=OPS, text="ok"))["ts"]
-    assert (await api_error(client.chat_update(channel=OPS, ts=ts, text="x", blocks=checkbox_card(11)))) \
-        .response["error"] == "invalid_blocks"
+    assert (
+        await error_code(client.chat_update(channel=OPS, ts=ts, text="x", blocks=checkbox_card(11))) == "invalid_blocks"
+    )
     assert [m["text"] for m in slack.messages(OPS)][-1] == "ok"
 
 
@@ -210,9 +233,9 @@ async def test_unknown_method_and_bad_token(slack: LocalSlack, client: AsyncWebC
     assert [c["method"] for c in slack.unknown_calls] == ["chat.scheduleMessage"]
 
     bad = AsyncWebClient(token="xoxb-wrong", base_url=slack.api_url)
-    assert (await api_error(bad.auth_test())).response["error"] == "invalid_auth"
+    assert await error_code(bad.auth_test()) == "invalid_auth"
     anonymous = AsyncWebClient(base_url=slack.api_url)
-    assert (await api_error(anonymous.chat_postMessage(channel=OPS, text="x"))).response["error"] == "not_authed"
+    assert await error_code(anonymous.chat_postMessage(channel=OPS, text="x")) == "not_authed"
     assert slack.messages(OPS) == []
 
 
@@ -281,8 +304,9 @@ async def test_mention_reaches_app_mention_listener(slack: LocalSlack, bolt: Asy
     assert len(dm) == 1 and dm[0].request["event"]["channel_type"] == "im"
 
 
-async def test_button_click_carries_current_checkbox_ticks(slack: LocalSlack, bolt: AsyncApp,
-                                                           client: AsyncWebClient) -> None:
+async def test_button_click_carries_current_checkbox_ticks(
+    slack: LocalSlack, bolt: AsyncApp, client: AsyncWebClient
+) -> None:
     clicks: list[dict[str, Any]] = []
 
     @bolt.action("pick")
@@ -359,8 +383,16 @@ async def test_signatures_and_malformed_payloads(slack: LocalSlack, bolt: AsyncA
     async def on_mention() -> None:
         pass
 
-    envelope = slack.event_envelope({"type": "app_mention", "user": ALICE, "text": "<@U0BOT>", "channel": OPS,
-                                     "ts": "1.000001", "event_ts": "1.000001"})
+    envelope = slack.event_envelope(
+        {
+            "type": "app_mention",
+            "user": ALICE,
+            "text": "<@U0BOT>",
+            "channel": OPS,
+            "ts": "1.000001",
+            "event_ts": "1.000001",
+        }
+    )
     body = json.dumps(envelope)
     assert (await slack.deliver_raw(body)).status == 200
     assert (await slack.deliver_raw(body, sign=False)).status == 401
@@ -385,8 +417,12 @@ async def test_signatures_and_malformed_payloads(slack: LocalSlack, bolt: AsyncA
 
 
 async def test_view_response_actions_and_close(slack: LocalSlack, bolt: AsyncApp, client: AsyncWebClient) -> None:
-    step_two = {**MODAL, "callback_id": "step2", "title": {"type": "plain_text", "text": "Step 2"},
-                "notify_on_close": True}
+    step_two = {
+        **MODAL,
+        "callback_id": "step2",
+        "title": {"type": "plain_text", "text": "Step 2"},
+        "notify_on_close": True,
+    }
     closed: list[dict[str, Any]] = []
 
     @bolt.view("reason")
@@ -427,8 +463,9 @@ async def test_view_response_actions_and_close(slack: LocalSlack, bolt: AsyncApp
     assert closed[0]["type"] == "view_closed" and closed[0]["view"]["id"] == second
 
 
-async def test_ephemeral_card_and_response_url_limits(slack: LocalSlack, bolt: AsyncApp,
-                                                      client: AsyncWebClient) -> None:
+async def test_ephemeral_card_and_response_url_limits(
+    slack: LocalSlack, bolt: AsyncApp, client: AsyncWebClient
+) -> None:
     bodies: list[dict[str, Any]] = []
 
     @bolt.action("approve")
@@ -437,7 +474,8 @@ async def test_ephemeral_card_and_response_url_limits(slack: LocalSlack, bolt: A
         bodies.append(body)
 
     eph_ts = (await client.chat_postEphemeral(channel=OPS, user=BOB, text="approve?", blocks=checkbox_card()))[
-        "message_ts"]
+        "message_ts"
+    ]
     assert (await slack.click_button(BOB, OPS, eph_ts, "approve", block_id="decide")).status == 200
     await slack.wait_for(lambda: bodies)
     body = bodies[0]
@@ -459,13 +497,19 @@ async def test_ephemeral_card_and_response_url_limits(slack: LocalSlack, bolt: A
 async def test_form_and_query_encodings(slack: LocalSlack) -> None:
     """What other clients send: a form body with JSON-in-a-string blocks, a GET with query params, token in body."""
     async with httpx.AsyncClient(base_url=slack.api_url) as http:
-        posted = await http.post("chat.postMessage", data={
-            "token": TOKEN, "channel": "ops", "text": "form",
-            "blocks": json.dumps([{"type": "section", "text": {"type": "mrkdwn", "text": "*hi*"}}]),
-        })
+        posted = await http.post(
+            "chat.postMessage",
+            data={
+                "token": TOKEN,
+                "channel": "ops",
+                "text": "form",
+                "blocks": json.dumps([{"type": "section", "text": {"type": "mrkdwn", "text": "*hi*"}}]),
+            },
+        )
         assert posted.json()["ok"] and slack.messages(OPS)[0]["blocks"][0]["text"]["text"] == "*hi*"
-        got = await http.get("conversations.history", params={"channel": OPS},
-                             headers={"Authorization": f"Bearer {TOKEN}"})
+        got = await http.get(
+            "conversations.history", params={"channel": OPS}, headers={"Authorization": f"Bearer {TOKEN}"}
+        )
         assert [m["text"] for m in got.json()["messages"]] == ["form"]
         bad = await http.post("chat.postMessage", data={"token": TOKEN, "channel": OPS, "blocks": "[not json"})
         assert bad.json() == {"ok": False, "error": "invalid_blocks_format"}
@@ -482,7 +526,8 @@ async def test_wait_for_explains_timeouts(slack: LocalSlack) -> None:
 def test_command_line_serves_until_interrupted() -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "sandbox.slack", "--signing-secret", SECRET, "--bot-token", TOKEN],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert proc.stdout is not None

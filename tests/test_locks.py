@@ -162,7 +162,9 @@ async def test_a_cancellation_from_outside_during_a_lock_loss_still_propagates(d
             try:
                 await asyncio.sleep(BOUND_S)
             except asyncio.CancelledError:
-                asyncio.current_task().cancel()  # someone else cancels it in the same instant
+                current = asyncio.current_task()
+                assert current is not None
+                current.cancel()  # someone else cancels it in the same instant
                 raise
 
     task = asyncio.create_task(holder())
@@ -219,6 +221,7 @@ async def test_a_second_holder_is_refused_while_the_first_keeps_the_thread(direc
 
 # --- a whole run ---------------------------------------------------------------------------------
 
+
 def with_short_lock(rt: Runtime) -> Runs:
     """The runtime's runs, with a lock that expires in 1.5 s instead of 15 s."""
     runs = rt.runs
@@ -228,10 +231,12 @@ def with_short_lock(rt: Runtime) -> Runs:
 async def test_a_run_cut_off_from_redis_mid_tool_stops_and_is_carried_on_elsewhere_without_rerunning_it(
     proxy, redis_url, model, runbooks, thread_id, prefix, caplog
 ):
-    model.reset([
-        rule({"tool_calls": [{"name": "run_runbook", "args": {"name": "slow"}}]}, has_tool_results=False),
-        rule({"text": "Carried on elsewhere."}, has_tool_results=True),
-    ])
+    model.reset(
+        [
+            rule({"tool_calls": [{"name": "run_runbook", "args": {"name": "slow"}}]}, has_tool_results=False),
+            rule({"text": "Carried on elsewhere."}, has_tool_results=True),
+        ]
+    )
     caplog.set_level(logging.WARNING)
     cut_off_events: list[RunEvent] = []
 

@@ -23,6 +23,7 @@ from langchain_core.messages import (
 )
 from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
+from pydantic import SecretStr
 
 from sandbox.openai_server import RESPONSES_API_MESSAGE, ScriptedOpenAI, rule
 
@@ -64,10 +65,12 @@ def server() -> Iterator[ScriptedOpenAI]:
 
 def llm(server: ScriptedOpenAI, **kwargs: Any) -> ChatOpenAI:
     options: dict[str, Any] = {"max_retries": 0, "timeout": WAIT, "use_responses_api": False, **kwargs}
-    return ChatOpenAI(base_url=server.base_url, api_key="test-key", model="scripted", **options)
+    return ChatOpenAI(base_url=server.base_url, api_key=SecretStr("test-key"), model="scripted", **options)
 
 
-async def collect(stream: AsyncIterator[AIMessageChunk]) -> list[AIMessageChunk]:
+async def collect(stream: AsyncIterator[Any]) -> list[AIMessageChunk]:
+    """The chunks a chat model streams (typed as messages once tools are bound, but chunks all the same)."""
+
     async def drain() -> list[AIMessageChunk]:
         return [chunk async for chunk in stream]
 
@@ -87,7 +90,7 @@ async def test_streamed_text_arrives_in_several_chunks(server: ScriptedOpenAI) -
 
     chunks = await collect(llm(server).astream("how is the disk on db-1?"))
 
-    pieces = [c.content for c in chunks if c.content]
+    pieces = [str(c.content) for c in chunks if c.content]
     assert len(pieces) >= 5
     assert "".join(pieces) == text
     assert server.requests[0]["stream"] is True

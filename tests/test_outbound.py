@@ -47,7 +47,7 @@ class InternalService:
         service = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            def do_GET(self) -> None:  # http.server's naming
                 service.hits.append((self.path, self.headers.get("Host", "")))
                 service.answer(self)
 
@@ -93,7 +93,7 @@ class InternalService:
     def paths(self) -> list[str]:
         return [path for path, _ in self.hits]
 
-    def __enter__(self) -> "InternalService":
+    def __enter__(self) -> InternalService:
         self._thread.start()
         return self
 
@@ -120,7 +120,7 @@ class SshBanner:
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
-    def __enter__(self) -> "SshBanner":
+    def __enter__(self) -> SshBanner:
         self._thread.start()
         return self
 
@@ -185,7 +185,9 @@ def allowed(allow: str, url: str) -> bool:
 
 
 def test_entries_are_separated_by_commas_and_or_whitespace():
-    allow = HttpAllowlist.parse(" http://127.0.0.1:8080/health,10.0.0.0/8 \n ::1,, status.internal:8443\t*.corp.example ")
+    allow = HttpAllowlist.parse(
+        " http://127.0.0.1:8080/health,10.0.0.0/8 \n ::1,, status.internal:8443\t*.corp.example "
+    )
     assert [p.entry for p in allow.prefixes] == ["http://127.0.0.1:8080/health"]
     assert [entry for entry, _ in allow.networks] == ["10.0.0.0/8", "::1"]
     assert [h.entry for h in allow.hosts] == ["status.internal:8443", "*.corp.example"]
@@ -243,8 +245,20 @@ def test_cidr_and_ip_entries_match_the_address_connected_to():
 
 
 @pytest.mark.parametrize(
-    "entry", ["*", "ftp://files.internal/", "http://user:pw@status.internal/", "10.0.0.1/8", "10.0.0.0/33",
-              "status.internal:99999", "status.internal:port", "status!.internal", "a..b", "http://x/#frag", "[::1"],
+    "entry",
+    [
+        "*",
+        "ftp://files.internal/",
+        "http://user:pw@status.internal/",
+        "10.0.0.1/8",
+        "10.0.0.0/33",
+        "status.internal:99999",
+        "status.internal:port",
+        "status!.internal",
+        "a..b",
+        "http://x/#frag",
+        "[::1",
+    ],
 )
 def test_a_malformed_entry_stops_start_up_naming_the_variable_and_the_entry(entry):
     with pytest.raises(ConfigError) as refused:
@@ -259,8 +273,22 @@ def test_a_malformed_entry_stops_start_up_naming_the_variable_and_the_entry(entr
 @pytest.mark.parametrize(
     "address",
     [
-        "127.0.0.1", "127.8.9.10", "0.0.0.0", "169.254.169.254", "10.1.2.3", "172.16.0.1", "192.168.1.1",
-        "100.64.0.1", "224.0.0.1", "255.255.255.255", "::1", "::", "fc00::1", "fd12:3456::1", "fe80::1", "ff02::1",
+        "127.0.0.1",
+        "127.8.9.10",
+        "0.0.0.0",
+        "169.254.169.254",
+        "10.1.2.3",
+        "172.16.0.1",
+        "192.168.1.1",
+        "100.64.0.1",
+        "224.0.0.1",
+        "255.255.255.255",
+        "::1",
+        "::",
+        "fc00::1",
+        "fd12:3456::1",
+        "fe80::1",
+        "ff02::1",
         "::ffff:127.0.0.1",  # IPv4-mapped
         "::ffff:169.254.169.254",
         "2002:7f00:1::",  # 6to4 of 127.0.0.1, which ipaddress 3.11 calls global
@@ -285,13 +313,24 @@ def test_public_addresses_are_not_internal(address):
 async def test_an_internal_target_is_denied_with_the_address_it_resolves_to():
     found = await guard().assess("http://127.0.0.1:5000/admin")
     assert found.mode == "deny"
-    assert found.reason == ("http://127.0.0.1:5000/admin resolves to 127.0.0.1, an internal address; "
-                            "internal targets need an entry in CHATOPS_HTTP_ALLOW.")
+    assert found.reason == (
+        "http://127.0.0.1:5000/admin resolves to 127.0.0.1, an internal address; "
+        "internal targets need an entry in CHATOPS_HTTP_ALLOW."
+    )
 
 
 @pytest.mark.parametrize(
-    "url", ["http://0x7f000001/", "http://127.1/", "http://[::ffff:127.0.0.1]/", "http://0.0.0.0:8080/",
-            "http://169.254.169.254/latest/meta-data/", "http://[fc00::1]/", "http://100.64.0.1/", "http://localhost/"],
+    "url",
+    [
+        "http://0x7f000001/",
+        "http://127.1/",
+        "http://[::ffff:127.0.0.1]/",
+        "http://0.0.0.0:8080/",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[fc00::1]/",
+        "http://100.64.0.1/",
+        "http://localhost/",
+    ],
 )
 async def test_other_spellings_of_internal_addresses_are_denied_too(url):
     found = await guard().assess(url)
@@ -355,7 +394,9 @@ async def test_an_allowlisted_health_check_reports_status_latency_address_and_bo
     fetched = await guard(f"{service.url}/health").fetch(f"{service.url}/health", reviewed=False)
     assert (fetched.status, fetched.reason, fetched.address, fetched.excerpt) == (200, "OK", "127.0.0.1", "ok")
     first, body = fetched.summary().splitlines()
-    assert first.startswith(f"GET {service.url}/health -> 200 OK in ") and first.endswith(" ms (connected to 127.0.0.1)")
+    assert first.startswith(f"GET {service.url}/health -> 200 OK in ") and first.endswith(
+        " ms (connected to 127.0.0.1)"
+    )
     assert body == "body: ok"
     assert service.hits == [("/health", f"127.0.0.1:{service.port}")]
 
@@ -387,7 +428,7 @@ async def test_a_name_that_rebinds_to_an_internal_address_after_the_check_is_ref
     dns = FakeDns(rebind_example=[["93.184.216.34"], ["127.0.0.1"]])
     rebinding = guard(resolve=dns)
     assert (await rebinding.assess(f"http://rebind.example:{service.port}{ADMIN}")).mode == "ask"
-    with pytest.raises(OutboundRefused, match="127.0.0.1, an internal address"):
+    with pytest.raises(OutboundRefused, match=r"127.0.0.1, an internal address"):
         await rebinding.fetch(f"http://rebind.example:{service.port}{ADMIN}", reviewed=True)
     assert service.hits == [] and dns.lookups == ["rebind.example", "rebind.example"]
 
@@ -491,8 +532,10 @@ async def test_http_check_turns_every_outcome_into_a_tool_result(service, ssh):
 def script_checks(model, *urls: str) -> None:
     model.reset(
         [
-            rule({"text": "Checking.", "tool_calls": [{"name": "http_check", "args": {"url": u}} for u in urls]},
-                 has_tool_results=False),
+            rule(
+                {"text": "Checking.", "tool_calls": [{"name": "http_check", "args": {"url": u}} for u in urls]},
+                has_tool_results=False,
+            ),
             rule({"text": "Checked."}, has_tool_results=True),
         ]
     )
@@ -529,7 +572,9 @@ async def test_an_allowlisted_health_prefix_runs_alone_and_nothing_else_on_that_
         result = await rt.runs.start(thread_id, "check the service")
     assert result.status == "done" and result.pending is None
     assert service.paths() == ["/health"]
-    health, admin, redirect = (result_about(model, f"{service.url}{path}") for path in ("/health", ADMIN, "/redirect-in"))
+    health, admin, redirect = (
+        result_about(model, f"{service.url}{path}") for path in ("/health", ADMIN, "/redirect-in")
+    )
     assert health.startswith(f"GET {service.url}/health -> 200 OK")
     assert "internal address" in admin and "did not run" in admin
     assert "internal address" in redirect and "did not run" in redirect
@@ -573,8 +618,10 @@ async def test_a_host_entry_lets_localhost_health_run_without_review(redis_url, 
 
 
 async def test_a_malformed_allowlist_stops_the_runtime_from_starting(redis_url, model, runbooks):
-    with pytest.raises(ConfigError, match="CHATOPS_HTTP_ALLOW.*'status.internal:port'"):
-        async with open_runtime(settings_for(redis_url, model, runbooks, http_allow="status.internal, status.internal:port")):
+    with pytest.raises(ConfigError, match=r"CHATOPS_HTTP_ALLOW.*'status.internal:port'"):
+        async with open_runtime(
+            settings_for(redis_url, model, runbooks, http_allow="status.internal, status.internal:port")
+        ):
             pass
 
 
@@ -613,11 +660,16 @@ async def test_in_slack_an_internal_url_is_refused_without_a_card_and_an_allowli
 def script_checks_by_task(model, service: InternalService) -> None:
     model.reset(
         [
-            rule({"text": "Deleting.", "tool_calls": [{"name": "http_check", "args": {"url": f"{service.url}{ADMIN}"}}]},
-                 last_user_contains="admin endpoint", has_tool_results=False),
-            rule({"text": "Checking.", "tool_calls": [{"name": "http_check", "args": {"url": f"{service.url}/health"}}]},
-                 last_user_contains="service health", has_tool_results=False),
+            rule(
+                {"text": "Deleting.", "tool_calls": [{"name": "http_check", "args": {"url": f"{service.url}{ADMIN}"}}]},
+                last_user_contains="admin endpoint",
+                has_tool_results=False,
+            ),
+            rule(
+                {"text": "Checking.", "tool_calls": [{"name": "http_check", "args": {"url": f"{service.url}/health"}}]},
+                last_user_contains="service health",
+                has_tool_results=False,
+            ),
             rule({"text": "Finished."}, has_tool_results=True),
         ]
     )
-

@@ -35,9 +35,10 @@ async def test_pending_review_is_visible_from_a_second_connection_every_time(red
     """Guards against the saver race that hides interrupts: 50 of 50 pauses must be seen elsewhere."""
     script_record(model)
     seen = 0
-    async with open_runtime(settings_for(redis_url, model, runbooks)) as first, open_runtime(
-        settings_for(redis_url, model, runbooks)
-    ) as second:
+    async with (
+        open_runtime(settings_for(redis_url, model, runbooks)) as first,
+        open_runtime(settings_for(redis_url, model, runbooks)) as second,
+    ):
         assert first.redis is not second.redis
         for i in range(50):
             thread_id = f"visible-{os.getpid()}-{time.time_ns()}-{i}"
@@ -52,8 +53,14 @@ async def test_pending_review_is_visible_from_a_second_connection_every_time(red
 
 def worker_spec(redis_url: str, model, runbooks, thread_id: str, interrupt_id: str, **extra: object) -> dict:
     """What tests.worker needs to resume one review from another process."""
-    return {"redis_url": redis_url, "model_url": model.base_url, "runbooks_dir": str(runbooks.dir),
-            "thread_id": thread_id, "interrupt_id": interrupt_id, **extra}
+    return {
+        "redis_url": redis_url,
+        "model_url": model.base_url,
+        "runbooks_dir": str(runbooks.dir),
+        "thread_id": thread_id,
+        "interrupt_id": interrupt_id,
+        **extra,
+    }
 
 
 def run_worker(spec: dict) -> subprocess.Popen[str]:
@@ -82,7 +89,11 @@ async def test_a_paused_thread_is_resumed_from_a_new_process(redis_url, model, r
         paused = await rt.runs.start(thread_id, TASK)
     # This process let go of everything; another one picks the thread up from Redis.
     spec = worker_spec(
-        redis_url, model, runbooks, thread_id, paused.pending.interrupt_id,
+        redis_url,
+        model,
+        runbooks,
+        thread_id,
+        paused.pending.interrupt_id,
         decisions=[approve()],
         decided_by="U_OTHER",
     )
@@ -101,7 +112,11 @@ async def test_two_processes_resuming_at_the_same_instant_run_the_tool_once(redi
             thread_id = f"race-{os.getpid()}-{time.time_ns()}-{trial}"
             paused = await rt.runs.start(thread_id, TASK)
             spec = worker_spec(
-                redis_url, model, runbooks, thread_id, paused.pending.interrupt_id,
+                redis_url,
+                model,
+                runbooks,
+                thread_id,
+                paused.pending.interrupt_id,
                 decisions=[approve()],
                 start_at=time.time() + 4.0,  # both processes are up and connected by then
             )
@@ -115,15 +130,17 @@ async def test_two_processes_resuming_at_the_same_instant_run_the_tool_once(redi
 async def test_concurrent_resumes_from_separate_connections_run_the_tool_once(redis_url, model, runbooks):
     """The same race, 20 times, between two runtimes (separate Redis connections) in one process."""
     script_record(model)
-    async with open_runtime(settings_for(redis_url, model, runbooks)) as a, open_runtime(
-        settings_for(redis_url, model, runbooks)
-    ) as b:
+    async with (
+        open_runtime(settings_for(redis_url, model, runbooks)) as a,
+        open_runtime(settings_for(redis_url, model, runbooks)) as b,
+    ):
         for trial in range(20):
             thread_id = f"double-click-{os.getpid()}-{time.time_ns()}-{trial}"
             paused = await a.runs.start(thread_id, TASK)
             iid = paused.pending.interrupt_id
             results = await asyncio.gather(
-                a.runs.resume(thread_id, iid, [approve()]), b.runs.resume(thread_id, iid, [approve()]),
+                a.runs.resume(thread_id, iid, [approve()]),
+                b.runs.resume(thread_id, iid, [approve()]),
                 return_exceptions=True,
             )
             assert sum(1 for r in results if not isinstance(r, Exception)) == 1, results
@@ -154,7 +171,11 @@ async def test_rejected_in_one_process_is_final_in_another(redis_url, model, run
         paused = await rt.runs.start(thread_id, TASK)
         await rt.runs.resume(thread_id, paused.pending.interrupt_id, [reject("no")])
     spec = worker_spec(
-        redis_url, model, runbooks, thread_id, paused.pending.interrupt_id,
+        redis_url,
+        model,
+        runbooks,
+        thread_id,
+        paused.pending.interrupt_id,
         decisions=[approve()],
     )
     result = await asyncio.to_thread(worker_result, run_worker(spec))

@@ -26,8 +26,14 @@ ARTIFACTS = ROOT / "artifacts" / "sandbox-browser"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 # Without the background-networking flags Chromium keeps calling home, which this closed network must not see.
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
@@ -67,8 +73,11 @@ class Sandbox:
 
     def __init__(self, data_dir: Path, port: int | None) -> None:
         self.log_path = data_dir / "sandbox.out"
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("OPENAI_", "SLACK_", "CHATOPS_")) and k != "SANDBOX_PORT"}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("OPENAI_", "SLACK_", "CHATOPS_")) and k != "SANDBOX_PORT"
+        }
         env.update(CHATOPS_DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1")
         args = [sys.executable, "-m", "sandbox"] + (["--port", str(port)] if port else [])
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -131,13 +140,18 @@ def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
 @pytest.fixture(scope="module")
 def browser_context() -> Iterator[object]:
     if not Path(CHROMIUM).exists():
-        pytest.fail(f"the browser test needs Chromium at {CHROMIUM}: `make test` installs Debian's chromium when run as "
-                    "root; otherwise install it (apt-get install chromium) or set CHROMIUM=/path/to/chromium")
+        pytest.fail(
+            f"the browser test needs Chromium at {CHROMIUM}: `make test` installs Debian's chromium when run as "
+            "root; otherwise install it (apt-get install chromium) or set CHROMIUM=/path/to/chromium"
+        )
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw, tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
         context = pw.chromium.launch_persistent_context(
-            profile, executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True,
+            profile,
+            executable_path=CHROMIUM,
+            args=CHROMIUM_ARGS,
+            headless=True,
             viewport={"width": 1440, "height": 900},
         )
         context.set_default_timeout(WAIT_MS)
@@ -154,7 +168,8 @@ class Shots:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         for old in ARTIFACTS.glob("*.png"):
             old.unlink()
-        self.page, self.paths, self.n = page, [], 0
+        self.page, self.n = page, 0
+        self.paths: list[Path] = []
 
     def __call__(self, name: str) -> None:
         self.n += 1
@@ -287,7 +302,9 @@ def test_a_person_asks_approves_edits_and_lists_pending_in_the_browser(sandbox, 
         expect(page.locator("#log-list .method", has_text="views.open").first).to_be_visible()
         seqs = [int(s) for s in rows.evaluate_all("rows => rows.map(r => r.dataset.seq)")]
         assert seqs == sorted(seqs, reverse=True), "the inspector must list newest first"
-        page.locator("#log-list .log-entry").filter(has=page.locator(".method", has_text="views.open")).first.locator(".log-row").click()
+        page.locator("#log-list .log-entry").filter(has=page.locator(".method", has_text="views.open")).first.locator(
+            ".log-row"
+        ).click()
         expect(page.locator("#log-list .log-entry.open .log-detail")).to_contain_text("Edit tool calls")
         shots("inspector")
     except Exception:

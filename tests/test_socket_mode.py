@@ -39,8 +39,14 @@ MODAL = {
     "callback_id": "reason",
     "title": {"type": "plain_text", "text": "Why?"},
     "submit": {"type": "plain_text", "text": "Send"},
-    "blocks": [{"type": "input", "block_id": "why", "label": {"type": "plain_text", "text": "Reason"},
-                "element": {"type": "plain_text_input", "action_id": "text"}}],
+    "blocks": [
+        {
+            "type": "input",
+            "block_id": "why",
+            "label": {"type": "plain_text", "text": "Reason"},
+            "element": {"type": "plain_text_input", "action_id": "text"},
+        }
+    ],
 }
 
 
@@ -193,14 +199,19 @@ async def test_bolt_acks_carry_slash_answers_and_view_errors(bolt_over_socket: t
     assert not slack.view(view_id)["is_open"]
 
     deliveries = await slack.post_user_message(REQUESTER, OPS, "<@U0BOT> hi")
-    assert [(d.kind, d.status, d.transport) for d in deliveries] == [("message", 200, "socket"),
-                                                                     ("app_mention", 200, "socket")]
+    assert [(d.kind, d.status, d.transport) for d in deliveries] == [
+        ("message", 200, "socket"),
+        ("app_mention", 200, "socket"),
+    ]
     await slack.wait_for(lambda: mentions, timeout=5, description="the mention handled")
 
     # Slack recycles the link: Bolt's client asks for a new one and carries on.
     await slack.send_socket_disconnect()
-    await slack.wait_for(lambda: links_opened(slack) == 2 and slack.socket_connections == 1,
-                         timeout=10, description="a new link, the old one closed")
+    await slack.wait_for(
+        lambda: links_opened(slack) == 2 and slack.socket_connections == 1,
+        timeout=10,
+        description="a new link, the old one closed",
+    )
     again = await slack.slash_command(REQUESTER, OPS, "/ops", "again")
     assert again.json == {"text": "queued: again"}
 
@@ -216,7 +227,9 @@ def slack() -> Iterator[LocalSlack]:
 
 
 @pytest.fixture
-async def bot(slack: LocalSlack, redis_url: str, model: Any, runbooks: Any, tmp_path: Path) -> AsyncIterator[BotProcess]:
+async def bot(
+    slack: LocalSlack, redis_url: str, model: Any, runbooks: Any, tmp_path: Path
+) -> AsyncIterator[BotProcess]:
     env = bot_env(slack, redis_url, model.base_url, runbooks.dir, SLACK_APP_TOKEN=APP_TOKEN)
     del env["SLACK_SIGNING_SECRET"]  # Socket Mode needs none
     process = await asyncio.to_thread(BotProcess(env, tmp_path / "bot.log", socket_mode=True).start)
@@ -252,8 +265,11 @@ async def test_the_bot_in_socket_mode_end_to_end(slack: LocalSlack, bot: BotProc
 
     # Slack recycles the link; the bot reconnects and the slash command's ack still comes back.
     await slack.send_socket_disconnect()
-    await slack.wait_for(lambda: links_opened(slack) == 2 and slack.socket_connections == 1,
-                         timeout=15, description="the bot's new link, the old one closed")
+    await slack.wait_for(
+        lambda: links_opened(slack) == 2 and slack.socket_connections == 1,
+        timeout=15,
+        description="the bot's new link, the old one closed",
+    )
     assert len(slack.calls("apps.connections.open")) == 2
     help_ack = await slack.slash_command(REQUESTER, OPS, "/chatops", "help")
     assert (help_ack.status, help_ack.transport) == (200, "socket")

@@ -51,10 +51,12 @@ def env(slack, redis_url, model, runbooks):
 
 def propose(model, *calls: dict[str, Any], after: str = "Done as approved.") -> None:
     """The model proposes ``calls`` for any request, then reports ``after``."""
-    model.reset([
-        rule({"tool_calls": list(calls)}, has_tool_results=False),
-        rule({"text": after}, has_tool_results=True),
-    ])
+    model.reset(
+        [
+            rule({"tool_calls": list(calls)}, has_tool_results=False),
+            rule({"text": after}, has_tool_results=True),
+        ]
+    )
 
 
 def mrkdwn_and_text(params: dict[str, Any]) -> list[str]:
@@ -79,8 +81,12 @@ def mrkdwn_and_text(params: dict[str, Any]) -> list[str]:
 
 def live_broadcasts(slack: LocalSlack) -> list[str]:
     """Broadcasts the bot sent that Slack would act on, in posts, edits, ephemerals and command answers."""
-    texts = [t for c in slack.calls() if c.get("method") in ("chat.postMessage", "chat.update", "chat.postEphemeral")
-             for t in mrkdwn_and_text(c.get("params") or {})]
+    texts = [
+        t
+        for c in slack.calls()
+        if c.get("method") in ("chat.postMessage", "chat.update", "chat.postEphemeral")
+        for t in mrkdwn_and_text(c.get("params") or {})
+    ]
     texts += [e.get("text") or "" for e in slack.ephemerals()]
     return [t for t in texts if any(b in t for b in ("<!channel", "<!here", "<!everyone", "<!subteam"))]
 
@@ -125,10 +131,13 @@ async def test_a_runbook_that_prints_its_environment_leaks_no_secret(redis_url, 
     with LocalSlack(signing, bot_token=token) as slack:
         env = bot_env(slack, redis_url, model.base_url, runbooks.dir)
         env.update(
-            SLACK_BOT_TOKEN=token, SLACK_SIGNING_SECRET=signing, OPENAI_API_KEY=api_key,
+            SLACK_BOT_TOKEN=token,
+            SLACK_SIGNING_SECRET=signing,
+            OPENAI_API_KEY=api_key,
             # The default user has no password here, so Redis accepts any: the URL carries one like production's.
             REDIS_URL=f"redis://default:{redis_password}@{host_port}",
-            DEPLOY_TOKEN=deploy, CHATOPS_RUNBOOK_ENV="DEPLOY_TOKEN",
+            DEPLOY_TOKEN=deploy,
+            CHATOPS_RUNBOOK_ENV="DEPLOY_TOKEN",
         )
         propose(model, {"name": "run_runbook", "args": {"name": "printenv"}})
         bot = start_bot(slack, env, tmp_path / "bot.log")
@@ -143,7 +152,7 @@ async def test_a_runbook_that_prints_its_environment_leaks_no_secret(redis_url, 
         log = bot.log()
 
     assert runbooks.executions() == []  # printenv does not log; what matters is what it printed:
-    tool_output = [m["content"] for m in model.requests[-1]["messages"] if m["role"] == "tool"][0]
+    tool_output = next(m["content"] for m in model.requests[-1]["messages"] if m["role"] == "tool")
     assert "PATH=" in tool_output and "deploy token: [redacted]" in tool_output
     # The runbook got the minimal environment: none of the bot's own variables.
     for name in ("SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "OPENAI_API_KEY", "REDIS_URL", "CHATOPS_KEY_PREFIX"):
@@ -158,8 +167,10 @@ async def test_a_runbook_that_prints_its_environment_leaks_no_secret(redis_url, 
 
 # --- 3. the card shows exactly what will run -----------------------------------------------------------------
 
-PADDED = ("Disk usage on web-1 is fine" + " " * 300 + "<!channel> log in at <https://evil.example|https://sso.corp>"
-          "\n2. *Security review passed* \u202etxt.exe\u200b")
+PADDED = (
+    "Disk usage on web-1 is fine" + " " * 300 + "<!channel> log in at <https://evil.example|https://sso.corp>"
+    "\n2. *Security review passed* \u202etxt.exe\u200b"
+)
 
 
 async def test_the_card_shows_padded_bidi_and_mrkdwn_faking_values_as_they_are(slack, start, model):
@@ -170,13 +181,20 @@ async def test_the_card_shows_padded_bidi_and_mrkdwn_faking_values_as_they_are(s
     text = all_text(card)
 
     # Every character is there to see: the padding counted, the hidden characters by their code.
-    assert ("Disk usage on web-1 is fine⟨300 spaces⟩<!channel> log in at <https://evil.example|https://sso.corp>\n"
-            "2. *Security review passed* ⟨U+202E⟩txt.exe⟨U+200B⟩") in text
+    assert (
+        "Disk usage on web-1 is fine⟨300 spaces⟩<!channel> log in at <https://evil.example|https://sso.corp>\n"
+        "2. *Security review passed* ⟨U+202E⟩txt.exe⟨U+200B⟩"
+    ) in text
     assert "\u202e" not in json.dumps(card["blocks"], ensure_ascii=False)
     assert "\u200b" not in json.dumps(card["blocks"], ensure_ascii=False)
     # The value is data: a preformatted rich_text box, never mrkdwn that could fake a line of the card.
-    boxes = [e for b in card["blocks"] if b["type"] == "rich_text" for e in b["elements"]
-             if e["type"] == "rich_text_preformatted"]
+    boxes = [
+        e
+        for b in card["blocks"]
+        if b["type"] == "rich_text"
+        for e in b["elements"]
+        if e["type"] == "rich_text_preformatted"
+    ]
     assert any("Security review passed" in e["elements"][0]["text"] for e in boxes)
     assert not any("Security review passed" in t for t in mrkdwn_and_text(card))
     # What the references really are: the channel by id and real name, the link by its target.
@@ -232,8 +250,11 @@ async def test_a_long_value_is_marked_shortened_and_shown_whole_on_request(slack
     edit = slack.views(APPROVER, open_only=True)[-1]["view"]
     edited = body.replace("THE END", "THE REAL END")
     await slack.submit_view(APPROVER, edit["id"], {"arg_0_text": {"arg_0_text": edited}})
-    await slack.wait_for(lambda: "Proposed by the first approver" in all_text(slack.message(OPS, card["ts"])),
-                         timeout=15, description="the card showing the proposal")
+    await slack.wait_for(
+        lambda: "Proposed by the first approver" in all_text(slack.message(OPS, card["ts"])),
+        timeout=15,
+        description="the card showing the proposal",
+    )
     proposal = slack.message(OPS, card["ts"])
     assert "Call 1 is shortened on this card" in all_text(proposal)
     await slack.click_button(OTHER, OPS, card["ts"], "show_args_0")
@@ -251,8 +272,9 @@ async def test_a_broadcast_allowed_by_policy_is_posted_and_the_card_warns(slack,
     assert "⚠ notifies everyone it names: @here" in all_text(card)
     await slack.click_button(APPROVER, OPS, card["ts"], "approve")
     await thread.wait_progress("Done")
-    assert [m["text"] for m in slack.messages(OPS) if m.get("user") == "U0BOT" and "maintenance" in m.get("text", "")] \
-        == ["<!here> maintenance at 5pm"]
+    assert [
+        m["text"] for m in slack.messages(OPS) if m.get("user") == "U0BOT" and "maintenance" in m.get("text", "")
+    ] == ["<!here> maintenance at 5pm"]
 
 
 async def test_the_edit_dialog_shows_hidden_characters_and_refuses_an_unknown_channel(slack, start, model):
@@ -278,13 +300,24 @@ async def test_the_edit_dialog_shows_hidden_characters_and_refuses_an_unknown_ch
 
 async def test_text_from_people_models_and_tools_never_broadcasts(slack, start, model, runbooks):
     start()
-    model.reset([
-        rule({"text": "Checking <!everyone>.", "tool_calls": [
-            {"name": "run_runbook", "args": {"name": "disk-usage"}},
-            {"name": "post_message", "args": {"channel": "#ops", "text": "<!channel> <!subteam^S0ONCALL|@oncall> disk"}},
-        ]}, has_tool_results=False),
-        rule({"text": "All good <!here> <@U0BOB>"}, has_tool_results=True),
-    ])
+    model.reset(
+        [
+            rule(
+                {
+                    "text": "Checking <!everyone>.",
+                    "tool_calls": [
+                        {"name": "run_runbook", "args": {"name": "disk-usage"}},
+                        {
+                            "name": "post_message",
+                            "args": {"channel": "#ops", "text": "<!channel> <!subteam^S0ONCALL|@oncall> disk"},
+                        },
+                    ],
+                },
+                has_tool_results=False,
+            ),
+            rule({"text": "All good <!here> <@U0BOB>"}, has_tool_results=True),
+        ]
+    )
     ack = await slack.slash_command(REQUESTER, OPS, "/chatops", "run <!channel> <!here> check the disk")
     assert ack.status == 200
     await slack.wait_for(lambda: any("asked:" in m.get("text", "") for m in slack.messages(OPS)), timeout=10)
@@ -320,21 +353,32 @@ async def test_text_from_people_models_and_tools_never_broadcasts(slack, start, 
 
 async def test_two_mentions_in_one_thread_at_once_never_swap_the_requester(slack, start, model, runbooks):
     start()
-    model.reset([
-        rule({"tool_calls": [{"name": "run_runbook", "args": {"name": "record"}}], "chunk_delay": 0.01},
-             has_tool_results=False),
-        rule({"text": "Recorded."}, has_tool_results=True),
-    ])
+    model.reset(
+        [
+            rule(
+                {"tool_calls": [{"name": "run_runbook", "args": {"name": "record"}}], "chunk_delay": 0.01},
+                has_tool_results=False,
+            ),
+            rule({"text": "Recorded."}, has_tool_results=True),
+        ]
+    )
     for trial in range(5):
         await slack.post_user_message(REQUESTER, OPS, f"disk trouble on web-{trial}")
         root = [m for m in slack.messages(OPS) if m.get("user") == REQUESTER][-1]
         thread = Thread(slack, OPS, root["ts"])
         tasks = {REQUESTER: f"alice wants record {trial}", OTHER: f"carol wants record {trial}"}
-        await asyncio.gather(*(slack.post_user_message(user, OPS, f"<@U0BOT> {task}", thread_ts=root["ts"])
-                               for user, task in tasks.items()))
+        await asyncio.gather(
+            *(
+                slack.post_user_message(user, OPS, f"<@U0BOT> {task}", thread_ts=root["ts"])
+                for user, task in tasks.items()
+            )
+        )
         card = await thread.wait_card()
-        await slack.wait_for(lambda: any("already working on" in m.get("text", "") for m in thread.replies()),
-                             timeout=10, description="the second mention told what is under way")
+        await slack.wait_for(
+            lambda: any("already working on" in m.get("text", "") for m in thread.replies()),  # noqa: B023 - awaited here
+            timeout=10,
+            description="the second mention told what is under way",
+        )
         text = all_text(card)
         winner = REQUESTER if f"<@{REQUESTER}> asked:" in text else OTHER
         loser = OTHER if winner == REQUESTER else REQUESTER
@@ -346,11 +390,14 @@ async def test_two_mentions_in_one_thread_at_once_never_swap_the_requester(slack
         assert len(progress) == 1 and f"asked by <@{winner}>" in all_text(progress[0])
         # The winner may not approve their own run; the other person may.
         await slack.click_button(winner, OPS, card["ts"], "approve")
-        await slack.wait_for(lambda: slack.ephemerals(winner), timeout=10)
+        await slack.wait_for(lambda: slack.ephemerals(winner), timeout=10)  # noqa: B023 - awaited here
         assert "someone else has to approve" in slack.ephemerals(winner)[-1]["text"]
         await slack.click_button(APPROVER, OPS, card["ts"], "approve")
-        await slack.wait_for(lambda: "Done" in all_text(slack.message(OPS, progress[0]["ts"])), timeout=20,
-                             description="the run to end")
+        await slack.wait_for(
+            lambda: "Done" in all_text(slack.message(OPS, progress[0]["ts"])),  # noqa: B023 - awaited here
+            timeout=20,
+            description="the run to end",
+        )
 
 
 # --- 6. no review without a visible card ----------------------------------------------------------------------
@@ -361,7 +408,9 @@ def is_card(params: dict[str, Any]) -> bool:
     return "Approval needed" in (blocks if isinstance(blocks, str) else json.dumps(blocks or []))
 
 
-async def test_a_card_that_slack_refused_is_posted_again_and_the_thread_says_so_meanwhile(slack, start, model, runbooks):
+async def test_a_card_that_slack_refused_is_posted_again_and_the_thread_says_so_meanwhile(
+    slack, start, model, runbooks
+):
     start()
     script_three_calls(model)
     slack.inject_fault("chat.postMessage", status=500, times=4, when=is_card)  # every first attempt fails
@@ -383,8 +432,11 @@ async def test_a_crash_between_the_review_and_its_card_still_posts_the_card(slac
     script_three_calls(model)
     slack.inject_fault("chat.postMessage", status=500, times=1000, when=is_card)
     thread = await mention(slack, TASK)
-    await slack.wait_for(lambda: any(c.get("status") == 500 for c in slack.calls("chat.postMessage")), timeout=20,
-                         description="the card's first post attempt")
+    await slack.wait_for(
+        lambda: any(c.get("status") == 500 for c in slack.calls("chat.postMessage")),
+        timeout=20,
+        description="the card's first post attempt",
+    )
     first.kill()  # the review is checkpointed, its card never reached Slack
     slack.clear_faults()
     start()
@@ -424,20 +476,39 @@ async def test_a_click_from_another_channel_changes_nothing(slack, start, model,
 
 async def deliver_click_in(slack: LocalSlack, user: str, channel: str, ts: str, value: str) -> Any:
     payload = {
-        "type": "block_actions", "user": {"id": user}, "api_app_id": "A0LOCAL", "team": {"id": "T0LOCAL"},
-        "container": {"type": "message", "message_ts": ts, "channel_id": channel}, "trigger_id": slack.new_trigger(user),
-        "actions": [{"type": "button", "action_id": "approve", "block_id": "x", "value": value,
-                     "action_ts": f"{time.time():.6f}"}],
+        "type": "block_actions",
+        "user": {"id": user},
+        "api_app_id": "A0LOCAL",
+        "team": {"id": "T0LOCAL"},
+        "container": {"type": "message", "message_ts": ts, "channel_id": channel},
+        "trigger_id": slack.new_trigger(user),
+        "actions": [
+            {
+                "type": "button",
+                "action_id": "approve",
+                "block_id": "x",
+                "value": value,
+                "action_ts": f"{time.time():.6f}",
+            }
+        ],
     }
-    return await slack.deliver_raw(urlencode({"payload": json.dumps(payload)}),
-                                   {"Content-Type": "application/x-www-form-urlencoded"})
+    return await slack.deliver_raw(
+        urlencode({"payload": json.dumps(payload)}), {"Content-Type": "application/x-www-form-urlencoded"}
+    )
 
 
 async def deliver_view(slack: LocalSlack, user: str, view: dict[str, Any], values: dict[str, Any]) -> Any:
-    payload = {"type": "view_submission", "user": {"id": user}, "api_app_id": "A0LOCAL", "team": {"id": "T0LOCAL"},
-               "view": {**view, "state": {"values": values}}, "trigger_id": slack.new_trigger(user)}
-    return await slack.deliver_raw(urlencode({"payload": json.dumps(payload)}),
-                                   {"Content-Type": "application/x-www-form-urlencoded"})
+    payload = {
+        "type": "view_submission",
+        "user": {"id": user},
+        "api_app_id": "A0LOCAL",
+        "team": {"id": "T0LOCAL"},
+        "view": {**view, "state": {"values": values}},
+        "trigger_id": slack.new_trigger(user),
+    }
+    return await slack.deliver_raw(
+        urlencode({"payload": json.dumps(payload)}), {"Content-Type": "application/x-www-form-urlencoded"}
+    )
 
 
 async def test_a_dialog_counts_only_for_the_view_the_bot_opened_for_that_person(slack, start, model, runbooks):
@@ -451,8 +522,12 @@ async def test_a_dialog_counts_only_for_the_view_the_bot_opened_for_that_person(
     reason = {"reason": {"reason": {"type": "plain_text_input", "value": "forged"}}}
 
     # A view the bot never opened, naming the card.
-    forged = await deliver_view(slack, OTHER, {"id": "V0FORGED", "type": "modal", "callback_id": "reject_review",
-                                               "private_metadata": metadata, "blocks": []}, reason)
+    forged = await deliver_view(
+        slack,
+        OTHER,
+        {"id": "V0FORGED", "type": "modal", "callback_id": "reject_review", "private_metadata": metadata, "blocks": []},
+        reason,
+    )
     assert forged.status == 200 and forged.json["response_action"] == "errors"
 
     # Bob opens the reject dialog; Carol submits Bob's view.
@@ -492,8 +567,9 @@ async def test_a_tools_own_no_to_self_approval_wins_over_the_global_yes(slack, s
         await slack.toggle_checkbox(REQUESTER, OPS, card["ts"], block_id, action_id, n, checked=False)
     await slack.click_button(REQUESTER, OPS, card["ts"], "approve")
     await thread.wait_progress("Done")
-    assert runbooks.executions() == [] and [m["text"] for m in slack.messages(OPS) if m.get("user") == "U0BOT"
-                                            and m.get("text") == "Disk at 42%."] == ["Disk at 42%."]
+    assert runbooks.executions() == [] and [
+        m["text"] for m in slack.messages(OPS) if m.get("user") == "U0BOT" and m.get("text") == "Disk at 42%."
+    ] == ["Disk at 42%."]
 
 
 async def test_signed_payloads_missing_fields_are_acked_and_refused(slack, start, model, runbooks):
@@ -502,13 +578,19 @@ async def test_signed_payloads_missing_fields_are_acked_and_refused(slack, start
     thread = await mention(slack, TASK)
     card = await thread.wait_card()
     value = card_value(card)
-    no_container = {"type": "block_actions", "user": {"id": APPROVER}, "api_app_id": "A0LOCAL",
-                    "team": {"id": "T0LOCAL"}, "actions": [{"action_id": "approve", "value": value, "block_id": "x"}]}
+    no_container = {
+        "type": "block_actions",
+        "user": {"id": APPROVER},
+        "api_app_id": "A0LOCAL",
+        "team": {"id": "T0LOCAL"},
+        "actions": [{"action_id": "approve", "value": value, "block_id": "x"}],
+    }
     no_user = {**no_container, "container": {"channel_id": OPS, "message_ts": card["ts"]}}
     no_user.pop("user")
     for payload in (no_container, no_user):
-        answer = await slack.deliver_raw(urlencode({"payload": json.dumps(payload)}),
-                                         {"Content-Type": "application/x-www-form-urlencoded"})
+        answer = await slack.deliver_raw(
+            urlencode({"payload": json.dumps(payload)}), {"Content-Type": "application/x-www-form-urlencoded"}
+        )
         assert answer.status == 200  # acked (the local Slack gives up after 3 s, as Slack does)
     command = urlencode({"command": "/chatops", "text": "pending", "channel_id": OPS, "team_id": "T0LOCAL"})
     answer = await slack.deliver_raw(command, {"Content-Type": "application/x-www-form-urlencoded"})
@@ -532,8 +614,11 @@ async def test_pending_shows_others_only_the_runs_of_the_channel_they_ask_in(sla
     await in_private.wait_card()
     dm = slack.dm_channel(APPROVER)
     await slack.post_user_message(APPROVER, dm, TASK)
-    await slack.wait_for(lambda: any(header_of(m) == "Approval needed" for m in slack.messages(dm, slack.messages(dm)[0]["ts"])),
-                         timeout=20, description="a card in Bob's DM")
+    await slack.wait_for(
+        lambda: any(header_of(m) == "Approval needed" for m in slack.messages(dm, slack.messages(dm)[0]["ts"])),
+        timeout=20,
+        description="a card in Bob's DM",
+    )
 
     async def pending(user: str, channel: str) -> str:
         return (await slack.slash_command(user, channel, "/chatops", "pending")).body
@@ -557,12 +642,21 @@ async def test_runbook_lookup_stays_in_its_folder_and_errors_name_no_path(slack,
     (runbooks.dir / "zebra.sh").symlink_to(outside / "zebra.sh")
     start()
     long_name = "x" * 5000
-    model.reset([
-        rule({"tool_calls": [{"name": "search_runbooks", "args": {"query": "zebra password"}},
-                             {"name": "run_runbook", "args": {"name": "zebra"}},
-                             {"name": "run_runbook", "args": {"name": long_name}}]}, has_tool_results=False),
-        rule({"text": "Looked."}, has_tool_results=True),
-    ])
+    model.reset(
+        [
+            rule(
+                {
+                    "tool_calls": [
+                        {"name": "search_runbooks", "args": {"query": "zebra password"}},
+                        {"name": "run_runbook", "args": {"name": "zebra"}},
+                        {"name": "run_runbook", "args": {"name": long_name}},
+                    ]
+                },
+                has_tool_results=False,
+            ),
+            rule({"text": "Looked."}, has_tool_results=True),
+        ]
+    )
     thread = await mention(slack, "look for the zebra runbook")
     card = await thread.wait_card()
     await slack.click_button(APPROVER, OPS, card["ts"], "approve")

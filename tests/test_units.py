@@ -38,7 +38,10 @@ def registry(runbooks):
 
 
 def test_edited_args_are_checked_against_the_tool_schema(registry):
-    assert registry.validate_args("post_message", {"channel": "#ops", "text": "hi"}) == {"channel": "#ops", "text": "hi"}
+    assert registry.validate_args("post_message", {"channel": "#ops", "text": "hi"}) == {
+        "channel": "#ops",
+        "text": "hi",
+    }
     with pytest.raises(InvalidArguments) as wrong_type:
         registry.validate_args("post_message", {"channel": ["#ops"], "text": "hi"})
     assert set(wrong_type.value.errors) == {"channel"}
@@ -58,7 +61,9 @@ def test_a_review_answer_must_fit_the_request(registry):
     request = build_request(calls, registry, Policy())
     assert request["action_requests"][1]["description"] == "post_message(channel=#ops, text=x)"
     assert request["review_configs"][0]["args_schema"]["properties"]["name"]["type"] == "string"
-    ok = check_response(request, {"decisions": [approve(), edit("post_message", {"channel": "#a", "text": "y"})]}, registry)
+    ok = check_response(
+        request, {"decisions": [approve(), edit("post_message", {"channel": "#a", "text": "y"})]}, registry
+    )
     assert ok[1] == {"type": "edit", "edited_action": {"name": "post_message", "args": {"channel": "#a", "text": "y"}}}
     with pytest.raises(InvalidDecision, match="decisions"):
         check_response(request, [approve(), approve()], registry)
@@ -92,7 +97,7 @@ def test_core_settings_read_the_policy_and_the_allowlist_from_the_one_mapping_gi
     assert settings.policy.mode("post_message") == "deny" and settings.policy.expires_after_s == 90
     assert settings.policy.mode("run_runbook") == "ask" and Policy.from_env({}).mode("run_runbook") == "ask"
     assert [h.entry for h in settings.allowlist.hosts] == ["status.internal"]
-    with pytest.raises(ConfigError, match="CHATOPS_HTTP_ALLOW.*'status.internal:port'"):
+    with pytest.raises(ConfigError, match=r"CHATOPS_HTTP_ALLOW.*'status.internal:port'"):
         CoreSettings.from_env({"CHATOPS_HTTP_ALLOW": "status.internal:port"})
     with pytest.raises(ConfigError, match="CHATOPS_TOOL_POST_MESSAGE"):
         CoreSettings.from_env({"CHATOPS_TOOL_POST_MESSAGE": "sometimes"})
@@ -113,8 +118,10 @@ def test_offline_planner_plans_by_keywords_and_labels_itself(runbooks):
         ("http_check", {"url": "http://127.0.0.1:9/health"}),
         ("run_runbook", {"name": "disk-usage"}),
     ]
-    results = [ToolMessage("GET ... -> 200 OK", tool_call_id="a", name="http_check"),
-               ToolMessage("runbook disk-usage.sh exited 0\n/ 42% used", tool_call_id="b", name="run_runbook")]
+    results = [
+        ToolMessage("GET ... -> 200 OK", tool_call_id="a", name="http_check"),
+        ToolMessage("runbook disk-usage.sh exited 0\n/ 42% used", tool_call_id="b", name="run_runbook"),
+    ]
     second = planner.invoke([task, first, *results])
     assert second.tool_calls[0]["name"] == "post_message" and second.tool_calls[0]["args"]["channel"] == "#ops"
     posted = ToolMessage("posted to #ops", tool_call_id="c", name="post_message")
@@ -161,8 +168,17 @@ async def test_the_ledger_claims_each_call_once():
 
 
 def _review(thread_id: str, asked_at: float, **fields: str) -> PendingReview:
-    request = {"action_requests": [{"name": "run_runbook", "args": {"name": "record"}, "description": "run_runbook(name=record)",
-                                    "tool_call_id": "c1"}], "review_configs": []}
+    request = {
+        "action_requests": [
+            {
+                "name": "run_runbook",
+                "args": {"name": "record"},
+                "description": "run_runbook(name=record)",
+                "tool_call_id": "c1",
+            }
+        ],
+        "review_configs": [],
+    }
     return PendingReview(thread_id, f"interrupt-{thread_id}", request, created_at=asked_at, **fields)  # type: ignore[arg-type]
 
 

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator
+from itertools import pairwise
 from typing import Any
 from uuid import uuid4
 
@@ -132,7 +133,7 @@ async def test_quick_submits_coalesce_and_the_last_text_wins(
     assert text_of(slack, channel, ts) == "step 19/20"
     seen = [int(h["text"].split()[1].split("/")[0]) for h in slack.edit_history(channel, ts)[1:]]
     assert seen == sorted(seen) and seen[-1] == 19  # edits only move forward
-    gaps = [b["time"] - a["time"] for a, b in zip(calls, calls[1:])]
+    gaps = [b["time"] - a["time"] for a, b in pairwise(calls)]
     assert all(g >= 0.3 - 0.02 for g in gaps), gaps  # progress edits of one message are spaced
     assert u.stats["coalesced"] >= 17 and u.stats["sent"] == len(calls) and u.stats["pending"] == 0
 
@@ -150,7 +151,10 @@ async def test_final_goes_ahead_of_progress_when_the_budget_is_short(
     await slack.wait_for(lambda: len(updates(slack)) >= 2, timeout=5)
     await asyncio.sleep(0.3)  # no more progress may go out: the last slot of the window is kept for finals
     calls = updates(slack)
-    assert [(c["params"]["ts"], c["params"]["text"]) for c in calls] == [(ts[4], "run 4: done"), (ts[0], "run 0: step 1")]
+    assert [(c["params"]["ts"], c["params"]["text"]) for c in calls] == [
+        (ts[4], "run 4: done"),
+        (ts[0], "run 0: step 1"),
+    ]
     assert all(c["status"] == 200 for c in calls)
     assert text_of(slack, channel, ts[4]) == "run 4: done"
     assert text_of(slack, channel, ts[2]) == "run 2: starting"  # still waiting for budget
@@ -167,16 +171,18 @@ async def test_429_storm_pauses_every_replica_and_finals_still_arrive(
 ) -> None:
     channel, ts = await post(client, slack, 4)
     a = await started(updaters, client, rds, keys=Keys(prefix), message_interval_s=0.1)
-    b = await started(updaters, AsyncWebClient(token=TOKEN, base_url=slack.api_url), rds, keys=Keys(prefix),
-                      message_interval_s=0.1)
+    b = await started(
+        updaters, AsyncWebClient(token=TOKEN, base_url=slack.api_url), rds, keys=Keys(prefix), message_interval_s=0.1
+    )
     slack.inject_fault("chat.update", status=429, retry_after=1, times=5)
     for i, t in enumerate(ts):
         replica = a if i % 2 == 0 else b
         replica.submit(channel, t, text=f"run {i}: step 1")
         replica.submit(channel, t, text=f"run {i}: done", final=True)
 
-    results = await asyncio.gather(*[(a if i % 2 == 0 else b).flush(channel, t, timeout_s=15)
-                                     for i, t in enumerate(ts)])
+    results = await asyncio.gather(
+        *[(a if i % 2 == 0 else b).flush(channel, t, timeout_s=15) for i, t in enumerate(ts)]
+    )
     assert results == [True] * 4
     assert [text_of(slack, channel, t) for t in ts] == [f"run {i}: done" for i in range(4)]
     calls = updates(slack)
@@ -196,8 +202,9 @@ async def test_two_replicas_stay_within_one_budget(
 ) -> None:
     channel, ts = await post(client, slack, 30)
     a = await started(updaters, client, rds, keys=Keys(prefix), per_minute=10)
-    b = await started(updaters, AsyncWebClient(token=TOKEN, base_url=slack.api_url), rds, keys=Keys(prefix),
-                      per_minute=10)
+    b = await started(
+        updaters, AsyncWebClient(token=TOKEN, base_url=slack.api_url), rds, keys=Keys(prefix), per_minute=10
+    )
     for i, t in enumerate(ts):
         (a if i % 2 else b).submit(channel, t, text=f"run {i}: done", final=True)
 
@@ -217,8 +224,14 @@ async def test_two_replicas_drain_everything_within_a_short_window(
     window_s, limit = 1.0, 4
     channel, ts = await post(client, slack, 10)
     a = await started(updaters, client, rds, keys=Keys(prefix), per_minute=limit, window_s=window_s)
-    b = await started(updaters, AsyncWebClient(token=TOKEN, base_url=slack.api_url), rds, keys=Keys(prefix),
-                      per_minute=limit, window_s=window_s)
+    b = await started(
+        updaters,
+        AsyncWebClient(token=TOKEN, base_url=slack.api_url),
+        rds,
+        keys=Keys(prefix),
+        per_minute=limit,
+        window_s=window_s,
+    )
     for i, t in enumerate(ts):
         (a if i % 2 else b).submit(channel, t, text=f"run {i}: done", final=True)
 
@@ -232,7 +245,11 @@ async def test_two_replicas_drain_everything_within_a_short_window(
 
 
 async def test_permanent_errors_drop_that_edit_only(
-    slack: LocalSlack, client: AsyncWebClient, rds: redis.asyncio.Redis, prefix: str, updaters: list[MessageUpdater],
+    slack: LocalSlack,
+    client: AsyncWebClient,
+    rds: redis.asyncio.Redis,
+    prefix: str,
+    updaters: list[MessageUpdater],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="bot.updates")

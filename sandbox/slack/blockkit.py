@@ -42,16 +42,51 @@ MAX_OPTIONS = {
 }
 
 BLOCK_TYPES = frozenset(
-    {"section", "divider", "image", "actions", "context", "input", "header", "rich_text", "markdown",
-     "video", "file", "call", "table", "context_actions"}
+    {
+        "section",
+        "divider",
+        "image",
+        "actions",
+        "context",
+        "input",
+        "header",
+        "rich_text",
+        "markdown",
+        "video",
+        "file",
+        "call",
+        "table",
+        "context_actions",
+    }
 )
 # Elements whose interaction reaches the app: they carry an action_id that must be unique.
 INTERACTIVE = frozenset(
-    {"button", "checkboxes", "radio_buttons", "overflow", "datepicker", "timepicker", "datetimepicker",
-     "static_select", "multi_static_select", "external_select", "multi_external_select", "users_select",
-     "multi_users_select", "conversations_select", "multi_conversations_select", "channels_select",
-     "multi_channels_select", "plain_text_input", "number_input", "email_text_input", "url_text_input",
-     "rich_text_input", "file_input", "workflow_button"}
+    {
+        "button",
+        "checkboxes",
+        "radio_buttons",
+        "overflow",
+        "datepicker",
+        "timepicker",
+        "datetimepicker",
+        "static_select",
+        "multi_static_select",
+        "external_select",
+        "multi_external_select",
+        "users_select",
+        "multi_users_select",
+        "conversations_select",
+        "multi_conversations_select",
+        "channels_select",
+        "multi_channels_select",
+        "plain_text_input",
+        "number_input",
+        "email_text_input",
+        "url_text_input",
+        "rich_text_input",
+        "file_input",
+        "workflow_button",
+    }
 )
 
 
@@ -140,8 +175,9 @@ def _element(el: Any, pointer: str, ids: _Ids) -> Iterator[str]:
         yield from _options(options, f"{pointer}/options")
         if isinstance(groups, list):
             for g, group in enumerate(groups):
-                yield from _options(group.get("options") if isinstance(group, dict) else None,
-                                    f"{pointer}/option_groups/{g}/options")
+                yield from _options(
+                    group.get("options") if isinstance(group, dict) else None, f"{pointer}/option_groups/{g}/options"
+                )
         values = {o.get("value") for o in options or [] if isinstance(o, dict)}
         initial = el.get("initial_options") or ([el["initial_option"]] if el.get("initial_option") else [])
         for i, opt in enumerate(initial):
@@ -195,8 +231,15 @@ def _block(block: Any, pointer: str, ids: _Ids) -> Iterator[str]:
 
 RICH_TEXT_CONTAINERS = frozenset({"rich_text_section", "rich_text_preformatted", "rich_text_quote", "rich_text_list"})
 RICH_TEXT_INLINE = {  # element type -> the fields it must carry
-    "text": ("text",), "link": ("url",), "user": ("user_id",), "channel": ("channel_id",), "emoji": ("name",),
-    "usergroup": ("usergroup_id",), "broadcast": ("range",), "date": ("timestamp", "format"), "color": ("value",),
+    "text": ("text",),
+    "link": ("url",),
+    "user": ("user_id",),
+    "channel": ("channel_id",),
+    "emoji": ("name",),
+    "usergroup": ("usergroup_id",),
+    "broadcast": ("range",),
+    "date": ("timestamp", "format"),
+    "color": ("value",),
 }
 
 

@@ -56,8 +56,15 @@ class Deliverer:
     # ------------------------------------------------------------------ transport
 
     async def _post(
-        self, kind: str, body: bytes, content_type: str | None, *, request: Any, sign: bool = True,
-        timestamp: int | str | None = None, extra_headers: dict[str, str] | None = None,
+        self,
+        kind: str,
+        body: bytes,
+        content_type: str | None,
+        *,
+        request: Any,
+        sign: bool = True,
+        timestamp: int | str | None = None,
+        extra_headers: dict[str, str] | None = None,
     ) -> Delivery:
         url = self._bot_url()
         if not url:
@@ -79,34 +86,68 @@ class Deliverer:
             error = "http_timeout"  # Slack's X-Slack-Retry-Reason for a bot that did not answer in time
         except aiohttp.ClientError as e:
             error = f"connection_failed: {e}"
-        delivery = Delivery(kind, status, resp_headers, text, round((time.perf_counter() - started) * 1000, 2),
-                            request=request, error=error)
-        self.log.add("delivery", method=kind, request={"headers": headers, "body": request}, status=status,
-                     response={"headers": resp_headers, "body": text}, latency_ms=delivery.latency_ms, error=error)
+        delivery = Delivery(
+            kind,
+            status,
+            resp_headers,
+            text,
+            round((time.perf_counter() - started) * 1000, 2),
+            request=request,
+            error=error,
+        )
+        self.log.add(
+            "delivery",
+            method=kind,
+            request={"headers": headers, "body": request},
+            status=status,
+            response={"headers": resp_headers, "body": text},
+            latency_ms=delivery.latency_ms,
+            error=error,
+        )
         return delivery
 
     async def _send(
-        self, kind: str, payload: JSON, http_body: bytes, content_type: str, *, envelope_type: str,
-        accepts_response_payload: bool = False, retry: tuple[int, str] | None = None,
+        self,
+        kind: str,
+        payload: JSON,
+        http_body: bytes,
+        content_type: str,
+        *,
+        envelope_type: str,
+        accepts_response_payload: bool = False,
+        retry: tuple[int, str] | None = None,
     ) -> Delivery:
         """Deliver `payload` the way the bot listens: as a Socket Mode envelope while it uses Socket Mode, else as a
         signed POST of `http_body`. `retry` = (attempt, reason) for Slack's redeliveries of an event."""
         if self.socket is not None and self.socket.wanted():
             attempt, reason = retry or (0, "")
-            return await self.socket.deliver(kind, envelope_type, payload,
-                                             accepts_response_payload=accepts_response_payload,
-                                             retry_attempt=attempt, retry_reason=reason)
+            return await self.socket.deliver(
+                kind,
+                envelope_type,
+                payload,
+                accepts_response_payload=accepts_response_payload,
+                retry_attempt=attempt,
+                retry_reason=reason,
+            )
         extra = {"X-Slack-Retry-Num": str(retry[0]), "X-Slack-Retry-Reason": retry[1]} if retry else None
         return await self._post(kind, http_body, content_type, request=payload, extra_headers=extra)
 
     async def _send_payload(self, payload: JSON) -> Delivery:
         # Over HTTP, interactions arrive as a form with one field, `payload`, holding the JSON.
-        return await self._send(payload["type"], payload, urlencode({"payload": json.dumps(payload)}).encode(), FORM,
-                                envelope_type="interactive",
-                                accepts_response_payload=payload["type"] in ANSWERING_INTERACTIONS)
+        return await self._send(
+            payload["type"],
+            payload,
+            urlencode({"payload": json.dumps(payload)}).encode(),
+            FORM,
+            envelope_type="interactive",
+            accepts_response_payload=payload["type"] in ANSWERING_INTERACTIONS,
+        )
 
     async def deliver_raw(
-        self, body: bytes | str, headers: dict[str, str] | None = None, sign: bool = True,
+        self,
+        body: bytes | str,
+        headers: dict[str, str] | None = None,
+        sign: bool = True,
         timestamp: int | str | None = None,
     ) -> Delivery:
         """POST `body` as is (signed unless `sign=False`), for tests of signatures, staleness and bad payloads.
@@ -116,8 +157,15 @@ class Deliverer:
         extra = dict(headers or {})
         if any(k.lower() == "content-type" for k in extra):
             content_type = None  # type: ignore[assignment]
-        return await self._post("raw", raw, content_type, request=raw.decode(errors="replace"), sign=sign,
-                                timestamp=timestamp, extra_headers=extra)
+        return await self._post(
+            "raw",
+            raw,
+            content_type,
+            request=raw.decode(errors="replace"),
+            sign=sign,
+            timestamp=timestamp,
+            extra_headers=extra,
+        )
 
     # ------------------------------------------------------------------ events
 
@@ -132,38 +180,58 @@ class Deliverer:
             "type": "event_callback",
             "event_id": "Ev" + secrets.token_hex(5).upper(),
             "event_time": int(time.time()),
-            "authorizations": [{
-                "enterprise_id": None, "team_id": self.ws.team_id, "user_id": self.ws.bot_user_id,
-                "is_bot": True, "is_enterprise_install": False,
-            }],
+            "authorizations": [
+                {
+                    "enterprise_id": None,
+                    "team_id": self.ws.team_id,
+                    "user_id": self.ws.bot_user_id,
+                    "is_bot": True,
+                    "is_enterprise_install": False,
+                }
+            ],
             "is_ext_shared_channel": False,
             "event_context": "4-" + secrets.token_urlsafe(24),
         }
 
-    async def deliver_event(self, envelope: JSON, retry_num: int | None = None,
-                            retry_reason: str | None = None) -> Delivery:
+    async def deliver_event(
+        self, envelope: JSON, retry_num: int | None = None, retry_reason: str | None = None
+    ) -> Delivery:
         """(Re)deliver an envelope; Slack's retries keep the event_id and add the X-Slack-Retry-* headers (in Socket
         Mode: the envelope's retry_attempt and retry_reason)."""
         retry = (retry_num, retry_reason or "http_timeout") if retry_num is not None else None
-        return await self._send(envelope["event"].get("type", "event"), envelope, json.dumps(envelope).encode(),
-                                "application/json", envelope_type="events_api", retry=retry)
+        return await self._send(
+            envelope["event"].get("type", "event"),
+            envelope,
+            json.dumps(envelope).encode(),
+            "application/json",
+            envelope_type="events_api",
+            retry=retry,
+        )
 
-    async def post_user_message(self, user: str, channel: str, text: str,
-                                thread_ts: str | None = None) -> list[Delivery]:
+    async def post_user_message(
+        self, user: str, channel: str, text: str, thread_ts: str | None = None
+    ) -> list[Delivery]:
         """A person posts: store the message, then deliver `message` (+ `app_mention` if the bot is mentioned)."""
         channel_info = self.ws.channel(channel)
-        msg = self.ws.post_message(channel_info["id"], user, text, thread_ts=thread_ts,
-                                   client_msg_id=str(uuid.uuid4()))
+        msg = self.ws.post_message(channel_info["id"], user, text, thread_ts=thread_ts, client_msg_id=str(uuid.uuid4()))
         is_im = bool(channel_info.get("is_im"))
         base: JSON = {
-            "user": user, "text": text, "ts": msg["ts"], "team": self.ws.team_id, "channel": channel_info["id"],
-            "event_ts": msg["ts"], "client_msg_id": msg["client_msg_id"],
+            "user": user,
+            "text": text,
+            "ts": msg["ts"],
+            "team": self.ws.team_id,
+            "channel": channel_info["id"],
+            "event_ts": msg["ts"],
+            "client_msg_id": msg["client_msg_id"],
         }
         if msg.get("thread_ts"):
             base["thread_ts"] = msg["thread_ts"]
             base["parent_user_id"] = self.ws.api_message(channel_info["id"], msg["thread_ts"])["user"]
-        deliveries = [await self.deliver_event(self.envelope(
-            {"type": "message", **base, "channel_type": "im" if is_im else "channel"}))]
+        deliveries = [
+            await self.deliver_event(
+                self.envelope({"type": "message", **base, "channel_type": "im" if is_im else "channel"})
+            )
+        ]
         # Slack sends app_mention for channels only; a DM reaches the app as message.im.
         if f"<@{self.ws.bot_user_id}>" in text and not is_im:
             deliveries.append(await self.deliver_event(self.envelope({"type": "app_mention", **base})))
@@ -198,8 +266,12 @@ class Deliverer:
         cid = self.ws.resolve_channel(channel)
         message, eph = self._find_message(user, cid, message_ts)
         thread_ts = (message or eph or {}).get("thread_ts")
-        container: JSON = {"type": "message", "message_ts": message_ts, "channel_id": cid,
-                           "is_ephemeral": eph is not None}
+        container: JSON = {
+            "type": "message",
+            "message_ts": message_ts,
+            "channel_id": cid,
+            "is_ephemeral": eph is not None,
+        }
         if thread_ts:
             container["thread_ts"] = thread_ts
         info = self.ws.channel(cid)
@@ -210,16 +282,24 @@ class Deliverer:
             "trigger_id": self.ws.new_trigger(user),
             "channel": {"id": cid, "name": info.get("name", "directmessage")},
             "state": {"values": self.ws.state_values(user, cid, message_ts)},
-            "response_url": self._response_url({"channel": cid, "message_ts": message_ts, "user": user,
-                                                "is_ephemeral": eph is not None, "thread_ts": thread_ts}),
+            "response_url": self._response_url(
+                {
+                    "channel": cid,
+                    "message_ts": message_ts,
+                    "user": user,
+                    "is_ephemeral": eph is not None,
+                    "thread_ts": thread_ts,
+                }
+            ),
             "actions": [{**action, "action_ts": f"{time.time():.6f}"}],
         }
         if message is not None:  # Slack omits `message` for ephemeral cards
             payload["message"] = message
         return payload
 
-    def _locate(self, user: str, channel: str, message_ts: str, action_id: str,
-                block_id: str | None) -> tuple[JSON, JSON]:
+    def _locate(
+        self, user: str, channel: str, message_ts: str, action_id: str, block_id: str | None
+    ) -> tuple[JSON, JSON]:
         message, eph = self._find_message(user, self.ws.resolve_channel(channel), message_ts)
         blocks = (message or eph or {}).get("blocks") or []
         for block, el in blockkit.iter_elements(blocks):
@@ -227,19 +307,26 @@ class Deliverer:
                 return block, el
         raise ValueError(f"no element action_id={action_id!r} block_id={block_id!r} on message {message_ts}")
 
-    async def click_button(self, user: str, channel: str, message_ts: str, action_id: str,
-                           block_id: str | None = None) -> Delivery:
+    async def click_button(
+        self, user: str, channel: str, message_ts: str, action_id: str, block_id: str | None = None
+    ) -> Delivery:
         block, el = self._locate(user, channel, message_ts, action_id, block_id)
         if el.get("type") != "button":
             raise ValueError(f"{action_id!r} is a {el.get('type')}, not a button")
-        action: JSON = {"type": "button", "action_id": action_id, "block_id": block["block_id"],
-                        "text": el.get("text"), "value": el.get("value")}
+        action: JSON = {
+            "type": "button",
+            "action_id": action_id,
+            "block_id": block["block_id"],
+            "text": el.get("text"),
+            "value": el.get("value"),
+        }
         if el.get("style"):
             action["style"] = el["style"]
         return await self._send_payload(self._block_actions(user, channel, message_ts, action))
 
-    async def toggle_checkbox(self, user: str, channel: str, message_ts: str, block_id: str, action_id: str,
-                              value: str, checked: bool) -> Delivery:
+    async def toggle_checkbox(
+        self, user: str, channel: str, message_ts: str, block_id: str, action_id: str, value: str, checked: bool
+    ) -> Delivery:
         """Tick or untick one option: Slack sends a block_actions for every single tick."""
         self._locate(user, channel, message_ts, action_id, block_id)
         selected = self.ws.set_tick(user, channel, message_ts, block_id, action_id, value, checked)
@@ -250,18 +337,31 @@ class Deliverer:
         cid = self.ws.resolve_channel(channel)
         info = self.ws.channel(cid)
         fields = {
-            "token": self.verification_token, "team_id": self.ws.team_id, "team_domain": self.ws.team_domain,
-            "channel_id": cid, "channel_name": info.get("name", "directmessage"), "user_id": user,
-            "user_name": self.ws.user(user)["name"], "command": command, "text": text,
-            "api_app_id": self.ws.app_id, "is_enterprise_install": "false",
+            "token": self.verification_token,
+            "team_id": self.ws.team_id,
+            "team_domain": self.ws.team_domain,
+            "channel_id": cid,
+            "channel_name": info.get("name", "directmessage"),
+            "user_id": user,
+            "user_name": self.ws.user(user)["name"],
+            "command": command,
+            "text": text,
+            "api_app_id": self.ws.app_id,
+            "is_enterprise_install": "false",
             "response_url": self._response_url({"channel": cid, "user": user, "is_ephemeral": False}),
             "trigger_id": self.ws.new_trigger(user),
         }
-        delivery = await self._send("slash_command", fields, urlencode(fields).encode(), FORM,
-                                    envelope_type="slash_commands", accepts_response_payload=True)
+        delivery = await self._send(
+            "slash_command",
+            fields,
+            urlencode(fields).encode(),
+            FORM,
+            envelope_type="slash_commands",
+            accepts_response_payload=True,
+        )
         if delivery.status == 200 and delivery.body.strip():
             # The ack body is what Slack shows the caller (ephemeral unless response_type is in_channel).
-            answer = delivery.json if isinstance(delivery.json, dict) else {"text": delivery.body}
+            answer: JSON = delivery.json if isinstance(delivery.json, dict) else {"text": delivery.body}
             if answer.get("text") or answer.get("blocks"):
                 if answer.get("response_type") == "in_channel":
                     self.ws.post_message(cid, self.ws.bot_user_id, answer.get("text"), answer.get("blocks"))
@@ -280,8 +380,13 @@ class Deliverer:
             raise ValueError(f"view {view_id} is not open")
         view = record["view"]
         view["state"] = {"values": _state_values(view.get("blocks") or [], values or {})}
-        payload = {"type": "view_submission", **self._actor(user), "trigger_id": self.ws.new_trigger(user),
-                   "view": view, "response_urls": []}
+        payload = {
+            "type": "view_submission",
+            **self._actor(user),
+            "trigger_id": self.ws.new_trigger(user),
+            "view": view,
+            "response_urls": [],
+        }
         delivery = await self._send_payload(payload)
         if delivery.status != 200:
             delivery.notes.append("non-200: Slack shows an error and keeps the modal open")
@@ -377,10 +482,15 @@ def _typed_value(el: JSON, value: Any) -> JSON:
         chosen = list(value or [])
         return {"type": kind, "selected_options": [_option(el, v) for v in chosen]}
     selected_keys = {
-        "users_select": "selected_user", "multi_users_select": "selected_users",
-        "conversations_select": "selected_conversation", "multi_conversations_select": "selected_conversations",
-        "channels_select": "selected_channel", "multi_channels_select": "selected_channels",
-        "datepicker": "selected_date", "timepicker": "selected_time", "datetimepicker": "selected_date_time",
+        "users_select": "selected_user",
+        "multi_users_select": "selected_users",
+        "conversations_select": "selected_conversation",
+        "multi_conversations_select": "selected_conversations",
+        "channels_select": "selected_channel",
+        "multi_channels_select": "selected_channels",
+        "datepicker": "selected_date",
+        "timepicker": "selected_time",
+        "datetimepicker": "selected_date_time",
     }
     if kind in selected_keys:
         return {"type": kind, selected_keys[kind]: value}

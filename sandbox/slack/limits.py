@@ -104,7 +104,11 @@ class Limiter:
             self._peak[method] = max(self._peak[method], len(attempts))
 
             for fault in self._faults:
-                if fault.times > 0 and fault.method in (method, "*") and (fault.when is None or fault.when(params or {})):
+                if (
+                    fault.times > 0
+                    and fault.method in (method, "*")
+                    and (fault.when is None or fault.when(params or {}))
+                ):
                     fault.times -= 1
                     self._faults = [f for f in self._faults if f.times > 0]
                     if fault.status == 429:

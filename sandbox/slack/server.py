@@ -65,12 +65,27 @@ class LocalSlack:
         self.app_token = app_token
         # Socket Mode: links are handed out to the app token only; `socket_mode=True` delivers over them even before
         # the bot connects (each delivery waits up to `delivery_timeout` for a link).
-        self._socket = SocketModeHub(self.workspace, self.log, lambda: self.url, timeout=delivery_timeout,
-                                     always=socket_mode)
-        self._api = ApiContext(self.workspace, self.limiter, self.log, bot_token, lambda: self.url,
-                               app_token=app_token, socket_url=self._socket.issue_url)
-        self._deliverer = Deliverer(self.workspace, self.log, signing_secret, lambda: self.bot_url,
-                                    lambda: self.url, verification_token, delivery_timeout)
+        self._socket = SocketModeHub(
+            self.workspace, self.log, lambda: self.url, timeout=delivery_timeout, always=socket_mode
+        )
+        self._api = ApiContext(
+            self.workspace,
+            self.limiter,
+            self.log,
+            bot_token,
+            lambda: self.url,
+            app_token=app_token,
+            socket_url=self._socket.issue_url,
+        )
+        self._deliverer = Deliverer(
+            self.workspace,
+            self.log,
+            signing_secret,
+            lambda: self.bot_url,
+            lambda: self.url,
+            verification_token,
+            delivery_timeout,
+        )
         self._deliverer.socket = self._socket
 
     # ------------------------------------------------------------------ lifecycle
@@ -130,7 +145,7 @@ class LocalSlack:
             site = web.TCPSite(runner, "127.0.0.1", self._port)
             await site.start()
             self._port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        except BaseException as e:
+        except BaseException as e:  # noqa: BLE001 - start() raises over whatever stopped start-up
             self._start_error = e
             self._ready.set()
             await runner.cleanup()
@@ -202,8 +217,15 @@ class LocalSlack:
 
     # ------------------------------------------------------------------ faults and rate limits
 
-    def inject_fault(self, method: str, status: int = 429, retry_after: int = 1, times: int = 1,
-                     error: str | None = None, when: Callable[[Mapping[str, Any]], bool] | None = None) -> None:
+    def inject_fault(
+        self,
+        method: str,
+        status: int = 429,
+        retry_after: int = 1,
+        times: int = 1,
+        error: str | None = None,
+        when: Callable[[Mapping[str, Any]], bool] | None = None,
+    ) -> None:
         """Make the next `times` calls of `method` ("*" = any) fail with HTTP `status` (429 carries Retry-After);
         `when` picks which calls count, by their parameters."""
         self.limiter.inject(Fault(method, status, retry_after, times, error, when))
@@ -262,8 +284,13 @@ class LocalSlack:
     def age_trigger(self, trigger_id: str, seconds: float) -> None:
         self.workspace.age_trigger(trigger_id, seconds)
 
-    async def wait_for(self, predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05,
-                       description: str | None = None) -> Any:
+    async def wait_for(
+        self,
+        predicate: Callable[[], Any],
+        timeout: float = 10.0,
+        interval: float = 0.05,
+        description: str | None = None,
+    ) -> Any:
         """Poll `predicate` (sync or async) until it returns something truthy, and return that."""
         deadline = time.monotonic() + timeout
         last: Any = None
@@ -277,29 +304,35 @@ class LocalSlack:
                 break
             await asyncio.sleep(interval)
         what = description or getattr(predicate, "__name__", repr(predicate))
-        recent = [f"{c['kind']}:{c.get('method')}->{c.get('status')} {c.get('response', {}).get('error', '')}".strip()
-                  for c in self.log.entries()[-8:]]
+        recent = [
+            f"{c['kind']}:{c.get('method')}->{c.get('status')} {c.get('response', {}).get('error', '')}".strip()
+            for c in self.log.entries()[-8:]
+        ]
         raise TimeoutError(f"waited {timeout}s for {what}; last value {last!r}; recent traffic: {recent}")
 
     # ------------------------------------------------------------------ delivery (async, caller's loop)
 
-    async def post_user_message(self, user: str, channel: str, text: str,
-                                thread_ts: str | None = None) -> list[Delivery]:
+    async def post_user_message(
+        self, user: str, channel: str, text: str, thread_ts: str | None = None
+    ) -> list[Delivery]:
         return await self._deliverer.post_user_message(user, channel, text, thread_ts)
 
     def event_envelope(self, event: JSON) -> JSON:
         return self._deliverer.envelope(event)
 
-    async def deliver_event(self, envelope: JSON, retry_num: int | None = None,
-                            retry_reason: str | None = None) -> Delivery:
+    async def deliver_event(
+        self, envelope: JSON, retry_num: int | None = None, retry_reason: str | None = None
+    ) -> Delivery:
         return await self._deliverer.deliver_event(envelope, retry_num, retry_reason)
 
-    async def click_button(self, user: str, channel: str, message_ts: str, action_id: str,
-                           block_id: str | None = None) -> Delivery:
+    async def click_button(
+        self, user: str, channel: str, message_ts: str, action_id: str, block_id: str | None = None
+    ) -> Delivery:
         return await self._deliverer.click_button(user, channel, message_ts, action_id, block_id)
 
-    async def toggle_checkbox(self, user: str, channel: str, message_ts: str, block_id: str, action_id: str,
-                              value: str, checked: bool) -> Delivery:
+    async def toggle_checkbox(
+        self, user: str, channel: str, message_ts: str, block_id: str, action_id: str, value: str, checked: bool
+    ) -> Delivery:
         return await self._deliverer.toggle_checkbox(user, channel, message_ts, block_id, action_id, value, checked)
 
     async def slash_command(self, user: str, channel: str, command: str, text: str = "") -> Delivery:
@@ -311,6 +344,11 @@ class LocalSlack:
     async def close_view(self, user: str, view_id: str) -> Delivery | None:
         return await self._deliverer.close_view(user, view_id)
 
-    async def deliver_raw(self, body: bytes | str, headers: dict[str, str] | None = None, sign: bool = True,
-                          timestamp: int | str | None = None) -> Delivery:
+    async def deliver_raw(
+        self,
+        body: bytes | str,
+        headers: dict[str, str] | None = None,
+        sign: bool = True,
+        timestamp: int | str | None = None,
+    ) -> Delivery:
         return await self._deliverer.deliver_raw(body, headers, sign, timestamp)

@@ -56,8 +56,15 @@ class SocketModeHub:
     """Tickets, open links and in-flight envelopes. `always`: deliver over Socket Mode even before a client
     connects (the delivery then waits, bounded, for one); otherwise only while a client is connected."""
 
-    def __init__(self, workspace: Workspace, log: CallLog, base_url: Callable[[], str], *,
-                 timeout: float = 3.0, always: bool = False) -> None:
+    def __init__(
+        self,
+        workspace: Workspace,
+        log: CallLog,
+        base_url: Callable[[], str],
+        *,
+        timeout: float = 3.0,
+        always: bool = False,
+    ) -> None:
         self.ws = workspace
         self.log = log
         self.timeout = timeout
@@ -122,7 +129,7 @@ class SocketModeHub:
         ticket = secrets.token_urlsafe(16)
         self._tickets[ticket] = now
         base = self._base_url().rstrip("/")
-        ws_base = "ws" + base[len("http"):] if base.startswith("http") else base
+        ws_base = "ws" + base[len("http") :] if base.startswith("http") else base
         return f"{ws_base}{LINK_PATH}?ticket={ticket}&app_id={self.ws.app_id}"
 
     # ------------------------------------------------------------------ the link (server loop)
@@ -141,15 +148,26 @@ class SocketModeHub:
         self._connections.append(conn)
         assert self._connected is not None
         self._connected.set()
-        self.log.add("socket", method="connection.open", status=200, request={"connection": conn.id},
-                     response={"connections": len(self._connections)}, latency_ms=0.0, transport="socket")
+        self.log.add(
+            "socket",
+            method="connection.open",
+            status=200,
+            request={"connection": conn.id},
+            response={"connections": len(self._connections)},
+            latency_ms=0.0,
+            transport="socket",
+        )
         try:
-            await ws.send_str(json.dumps({
-                "type": "hello",
-                "num_connections": len(self._connections),
-                "debug_info": {"host": "local-slack", "build_number": 1, "approximate_connection_time": 3600},
-                "connection_info": {"app_id": self.ws.app_id},
-            }))
+            await ws.send_str(
+                json.dumps(
+                    {
+                        "type": "hello",
+                        "num_connections": len(self._connections),
+                        "debug_info": {"host": "local-slack", "build_number": 1, "approximate_connection_time": 3600},
+                        "connection_info": {"app_id": self.ws.app_id},
+                    }
+                )
+            )
             async for message in ws:
                 if message.type == WSMsgType.TEXT:
                     self._on_text(conn, message.data)
@@ -163,9 +181,15 @@ class SocketModeHub:
                 future = self._pending.get(envelope_id)
                 if future is not None and not future.done():
                     future.set_exception(ConnectionResetError("the link closed before the ack"))
-            self.log.add("socket", method="connection.closed", status=200, request={"connection": conn.id},
-                         response={"close_code": ws.close_code, "connections": len(self._connections)},
-                         latency_ms=round((time.time() - conn.opened) * 1000, 2), transport="socket")
+            self.log.add(
+                "socket",
+                method="connection.closed",
+                status=200,
+                request={"connection": conn.id},
+                response={"close_code": ws.close_code, "connections": len(self._connections)},
+                latency_ms=round((time.time() - conn.opened) * 1000, 2),
+                transport="socket",
+            )
         return ws
 
     def _on_text(self, conn: _Connection, data: str) -> None:
@@ -181,13 +205,28 @@ class SocketModeHub:
             return
         # Not an ack we wait for: a late or repeated ack, or something Slack would ignore. Keep it visible.
         what = "ack.unexpected" if envelope_id else "message.unexpected"
-        self.log.add("socket", method=what, status=200, request={"connection": conn.id, "message": data[:2000]},
-                     response={}, latency_ms=0.0, transport="socket")
+        self.log.add(
+            "socket",
+            method=what,
+            status=200,
+            request={"connection": conn.id, "message": data[:2000]},
+            response={},
+            latency_ms=0.0,
+            transport="socket",
+        )
 
     # ------------------------------------------------------------------ delivery
 
-    async def deliver(self, kind: str, envelope_type: str, payload: JSON, *, accepts_response_payload: bool = False,
-                      retry_attempt: int = 0, retry_reason: str = "") -> Delivery:
+    async def deliver(
+        self,
+        kind: str,
+        envelope_type: str,
+        payload: JSON,
+        *,
+        accepts_response_payload: bool = False,
+        retry_attempt: int = 0,
+        retry_reason: str = "",
+    ) -> Delivery:
         """Send one envelope over a link and wait (bounded) for its ack; awaitable from any event loop."""
         if envelope_type not in ENVELOPE_TYPES:
             raise ValueError(f"unknown envelope type {envelope_type!r}")
@@ -204,6 +243,7 @@ class SocketModeHub:
 
     async def send_disconnect(self, reason: str = "refresh_requested") -> int:
         """Ask every connected client to reconnect, as Slack does before it recycles a link. Returns how many."""
+
         async def send() -> int:
             message = json.dumps({"type": "disconnect", "reason": reason, "debug_info": {"host": "local-slack"}})
             sent = 0
@@ -268,19 +308,44 @@ class SocketModeHub:
         fresh = [c for c in self._connections if not c.retiring and not c.ws.closed]
         return fresh[-1] if fresh else self._connections[-1]
 
-    def _record(self, kind: str, envelope: JSON, conn: _Connection | None, ack: JSON | None, error: str | None,
-                latency_ms: float) -> Delivery:
+    def _record(
+        self,
+        kind: str,
+        envelope: JSON,
+        conn: _Connection | None,
+        ack: JSON | None,
+        error: str | None,
+        latency_ms: float,
+    ) -> Delivery:
         """The ack as a `Delivery`: status 200 and the ack's payload as the body, or status 0 and an error."""
         answer = ack.get("payload") if ack is not None else None
         body = "" if answer is None else json.dumps(answer)
-        delivery = Delivery(kind, 200 if ack is not None else 0, {}, body, latency_ms, request=envelope["payload"],
-                            error=error, transport="socket")
+        delivery = Delivery(
+            kind,
+            200 if ack is not None else 0,
+            {},
+            body,
+            latency_ms,
+            request=envelope["payload"],
+            error=error,
+            transport="socket",
+        )
         if answer is not None and not envelope["accepts_response_payload"]:
             delivery.notes.append("ack payload ignored: this envelope does not accept one")
         meta = {k: v for k, v in envelope.items() if k != "payload"}
-        self.log.add("delivery", method=kind, transport="socket",
-                     request={"headers": {}, "body": envelope["payload"], "envelope": meta,
-                              "connection": conn.id if conn else None},
-                     status=delivery.status, response={"headers": {}, "body": body, "ack": ack},
-                     latency_ms=latency_ms, error=error)
+        self.log.add(
+            "delivery",
+            method=kind,
+            transport="socket",
+            request={
+                "headers": {},
+                "body": envelope["payload"],
+                "envelope": meta,
+                "connection": conn.id if conn else None,
+            },
+            status=delivery.status,
+            response={"headers": {}, "body": body, "ack": ack},
+            latency_ms=latency_ms,
+            error=error,
+        )
         return delivery

@@ -49,6 +49,14 @@ class SocketTransport(Protocol):
     def wanted(self) -> bool:
         """Whether deliveries go over Socket Mode now (a client is connected, or Socket Mode is forced)."""
 
-    async def deliver(self, kind: str, envelope_type: str, payload: JSON, *, accepts_response_payload: bool = False,
-                      retry_attempt: int = 0, retry_reason: str = "") -> Delivery:
+    async def deliver(
+        self,
+        kind: str,
+        envelope_type: str,
+        payload: JSON,
+        *,
+        accepts_response_payload: bool = False,
+        retry_attempt: int = 0,
+        retry_reason: str = "",
+    ) -> Delivery:
         """Send one envelope and wait (bounded) for its ack."""

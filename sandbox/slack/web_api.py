@@ -61,8 +61,13 @@ def build_routes(ctx: ApiContext) -> list[web.RouteDef]:
 
     async def permalink(request: web.Request) -> web.Response:
         # A UI will render the message here; for now say what the link points at.
-        return web.json_response({"channel": request.match_info["channel"], "p": request.match_info["p"],
-                                  "thread_ts": request.query.get("thread_ts")})
+        return web.json_response(
+            {
+                "channel": request.match_info["channel"],
+                "p": request.match_info["p"],
+                "thread_ts": request.query.get("thread_ts"),
+            }
+        )
 
     return [
         web.route("*", "/api/{method}", api),
@@ -97,6 +102,8 @@ async def _read_params(request: web.Request) -> JSON:
 
 def _check_token(ctx: ApiContext, method_name: str, token: str) -> None:
     """The right kind of token for the method, or Slack's error: the other kind is `not_allowed_token_type`."""
+    wanted: str | None
+    other: str | None
     if method_name in APP_TOKEN_METHODS:
         wanted, other = ctx.app_token, ctx.bot_token
     else:
@@ -108,7 +115,7 @@ def _check_token(ctx: ApiContext, method_name: str, token: str) -> None:
 def _token(request: web.Request, params: JSON) -> str | None:
     header = request.headers.get("Authorization", "")
     if header.startswith("Bearer "):
-        return header[len("Bearer "):].strip()
+        return header[len("Bearer ") :].strip()
     token = params.get("token")
     return token if isinstance(token, str) else None
 
@@ -140,12 +147,18 @@ async def _api_call(ctx: ApiContext, request: web.Request) -> web.Response:
             body["response_metadata"] = {"messages": e.messages}
     except ValueError:
         body = {"ok": False, "error": "invalid_json"}
-    except Exception as e:  # a bug here must show in the log, not hang the bot
+    except Exception as e:  # noqa: BLE001 - a bug here must show in the log, not hang the bot
         status = 500
         body = {"ok": False, "error": "internal_error", "detail": repr(e)}
     ctx.log.add(
-        "api", method=name, http_method=request.method, params=params, response=body, status=status,
-        latency_ms=round((time.perf_counter() - started) * 1000, 2), unknown=name not in HANDLERS,
+        "api",
+        method=name,
+        http_method=request.method,
+        params=params,
+        response=body,
+        status=status,
+        latency_ms=round((time.perf_counter() - started) * 1000, 2),
+        unknown=name not in HANDLERS,
     )
     return web.json_response(body, status=status, headers=headers)
 
@@ -153,7 +166,8 @@ async def _api_call(ctx: ApiContext, request: web.Request) -> web.Response:
 async def _response_url(ctx: ApiContext, request: web.Request) -> web.Response:
     started = time.perf_counter()
     token = request.match_info["token"]
-    status, body, payload = 200, {"ok": True}, {}
+    status, payload = 200, {}
+    body: JSON = {"ok": True}
     try:
         raw = await request.text()
         if request.content_type == "application/x-www-form-urlencoded":
@@ -163,11 +177,21 @@ async def _response_url(ctx: ApiContext, request: web.Request) -> web.Response:
         _apply_response(ctx.workspace, ctx.workspace.use_response_url(token), payload)
     except SlackError as e:
         status = 404 if e.error in ("invalid_url", "expired_url", "used_url") else 400
-        body = {"ok": False, "error": e.error, **({"response_metadata": {"messages": e.messages}} if e.messages else {})}
+        body = {
+            "ok": False,
+            "error": e.error,
+            **({"response_metadata": {"messages": e.messages}} if e.messages else {}),
+        }
     except ValueError:
         status, body = 400, {"ok": False, "error": "invalid_payload"}
-    ctx.log.add("response_url", method="response_url", params=payload, response=body, status=status,
-                latency_ms=round((time.perf_counter() - started) * 1000, 2))
+    ctx.log.add(
+        "response_url",
+        method="response_url",
+        params=payload,
+        response=body,
+        status=status,
+        latency_ms=round((time.perf_counter() - started) * 1000, 2),
+    )
     return web.json_response(body, status=status)
 
 
@@ -232,8 +256,16 @@ def _check_view(view: Any) -> JSON:
 @method("auth.test")
 def auth_test(ctx: ApiContext, params: JSON) -> JSON:
     ws = ctx.workspace
-    return {"url": ctx.base_url(), "team": "Local Slack", "user": ws.bot_name, "team_id": ws.team_id,
-            "user_id": ws.bot_user_id, "bot_id": ws.bot_id, "app_id": ws.app_id, "is_enterprise_install": False}
+    return {
+        "url": ctx.base_url(),
+        "team": "Local Slack",
+        "user": ws.bot_name,
+        "team_id": ws.team_id,
+        "user_id": ws.bot_user_id,
+        "bot_id": ws.bot_id,
+        "app_id": ws.app_id,
+        "is_enterprise_install": False,
+    }
 
 
 @method("chat.postMessage")
@@ -241,8 +273,9 @@ def chat_post_message(ctx: ApiContext, params: JSON) -> JSON:
     ws = ctx.workspace
     channel = ws.resolve_channel(_req(params, "channel", "channel_not_found"))
     _check_message(params)
-    msg = ws.post_message(channel, ws.bot_user_id, params.get("text"), params.get("blocks"),
-                          thread_ts=params.get("thread_ts") or None)
+    msg = ws.post_message(
+        channel, ws.bot_user_id, params.get("text"), params.get("blocks"), thread_ts=params.get("thread_ts") or None
+    )
     return {"channel": channel, "ts": msg["ts"], "message": msg}
 
 
@@ -267,8 +300,9 @@ def chat_post_ephemeral(ctx: ApiContext, params: JSON) -> JSON:
     channel = ws.resolve_channel(_req(params, "channel", "channel_not_found"))
     user = _req(params, "user", "user_not_found")
     _check_message(params)
-    record = ws.post_ephemeral(channel, user, params.get("text"), params.get("blocks"),
-                               thread_ts=params.get("thread_ts") or None)
+    record = ws.post_ephemeral(
+        channel, user, params.get("text"), params.get("blocks"), thread_ts=params.get("thread_ts") or None
+    )
     return {"message_ts": record["message_ts"]}
 
 
@@ -317,7 +351,7 @@ def conversations_list(ctx: ApiContext, params: JSON) -> JSON:
         return "private_channel" if channel.get("is_private") else "public_channel"
 
     found = [c for c in ctx.workspace.channels() if kind(c) in types]
-    page = found[start:start + limit]
+    page = found[start : start + limit]
     more = start + limit < len(found)
     return {"channels": page, "response_metadata": {"next_cursor": str(start + limit) if more else ""}}
 
@@ -328,8 +362,12 @@ def conversations_history(ctx: ApiContext, params: JSON) -> JSON:
         limit = int(params.get("limit") or 100)
     except (TypeError, ValueError):
         raise SlackError("invalid_limit") from None
-    messages = ctx.workspace.history(_req(params, "channel", "channel_not_found"), limit=limit,
-                                     oldest=params.get("oldest"), latest=params.get("latest"))
+    messages = ctx.workspace.history(
+        _req(params, "channel", "channel_not_found"),
+        limit=limit,
+        oldest=params.get("oldest"),
+        latest=params.get("latest"),
+    )
     return {"messages": messages, "has_more": False, "pin_count": 0, "response_metadata": {"next_cursor": ""}}
 
 
@@ -404,8 +442,9 @@ def views_update(ctx: ApiContext, params: JSON) -> JSON:
     view = _check_view(_req(params, "view"))
     if not params.get("view_id") and not params.get("external_id"):
         raise SlackError("invalid_arguments", ["[ERROR] view_id or external_id is required"])
-    return {"view": ctx.workspace.update_view(view, params.get("view_id"), params.get("external_id"),
-                                              params.get("hash"))}
+    return {
+        "view": ctx.workspace.update_view(view, params.get("view_id"), params.get("external_id"), params.get("hash"))
+    }
 
 
 @method("apps.connections.open")

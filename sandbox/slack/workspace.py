@@ -101,7 +101,7 @@ class Workspace:
         self, user_id: str, name: str, is_admin: bool = False, real_name: str | None = None, is_bot: bool = False
     ) -> JSON:
         with self._lock:
-            user = {
+            user: JSON = {
                 "id": user_id,
                 "team_id": self.team_id,
                 "name": name,
@@ -130,8 +130,15 @@ class Workspace:
                 n += 1
                 cid = f"{base}{n}"
             self._channels[cid] = {
-                "id": cid, "name": name, "is_channel": True, "is_group": False, "is_im": False,
-                "is_private": is_private, "is_archived": False, "is_member": True, "created": int(time.time()),
+                "id": cid,
+                "name": name,
+                "is_channel": True,
+                "is_group": False,
+                "is_im": False,
+                "is_private": is_private,
+                "is_archived": False,
+                "is_member": True,
+                "created": int(time.time()),
             }
             self._messages[cid] = {}
             return cid
@@ -143,8 +150,14 @@ class Workspace:
             cid = "D" + user[1:]
             if cid not in self._channels:
                 self._channels[cid] = {
-                    "id": cid, "is_channel": False, "is_group": False, "is_im": True, "is_private": True,
-                    "is_member": True, "user": user, "created": int(time.time()),
+                    "id": cid,
+                    "is_channel": False,
+                    "is_group": False,
+                    "is_im": True,
+                    "is_private": True,
+                    "is_member": True,
+                    "user": user,
+                    "created": int(time.time()),
                 }
                 self._messages[cid] = {}
             return cid
@@ -225,9 +238,15 @@ class Workspace:
                 thread_ts = parent.thread_ts or parent.ts
             is_bot = user == self.bot_user_id
             msg = Message(
-                ts=self.new_ts(), channel=cid, user=user, text=text or "", blocks=blockkit.with_ids(blocks),
-                thread_ts=thread_ts or None, bot_id=self.bot_id if is_bot else None,
-                app_id=self.app_id if is_bot else None, client_msg_id=client_msg_id,
+                ts=self.new_ts(),
+                channel=cid,
+                user=user,
+                text=text or "",
+                blocks=blockkit.with_ids(blocks),
+                thread_ts=thread_ts or None,
+                bot_id=self.bot_id if is_bot else None,
+                app_id=self.app_id if is_bot else None,
+                client_msg_id=client_msg_id,
             )
             msg.history.append({"text": msg.text, "blocks": copy.deepcopy(msg.blocks), "at": msg.ts})
             self._messages[cid][msg.ts] = msg
@@ -272,12 +291,18 @@ class Workspace:
         with self._lock:
             return self._api(self._find(channel, ts))
 
-    def history(self, channel: str, limit: int = 100, oldest: str | None = None, latest: str | None = None) -> list[JSON]:
+    def history(
+        self, channel: str, limit: int = 100, oldest: str | None = None, latest: str | None = None
+    ) -> list[JSON]:
         """conversations.history: top-level messages (and broadcast roots), newest first."""
         with self._lock:
             cid = self.resolve_channel(channel)
             top = [m for m in self._messages[cid].values() if m.thread_ts in (None, m.ts)]
-            top = [m for m in top if (not oldest or float(m.ts) > float(oldest)) and (not latest or float(m.ts) < float(latest))]
+            top = [
+                m
+                for m in top
+                if (not oldest or float(m.ts) > float(oldest)) and (not latest or float(m.ts) < float(latest))
+            ]
             top.sort(key=lambda m: float(m.ts), reverse=True)
             return [self._api(m) for m in top[: max(1, limit)]]
 
@@ -348,25 +373,43 @@ class Workspace:
 
     def _public(self, msg: Message) -> JSON:
         return {
-            "ts": msg.ts, "channel": msg.channel, "user": msg.user, "bot_id": msg.bot_id, "text": msg.text,
-            "blocks": copy.deepcopy(msg.blocks), "thread_ts": msg.thread_ts, "edited": len(msg.history) - 1,
-            "reactions": {n: list(u) for n, u in msg.reactions.items()}, "client_msg_id": msg.client_msg_id,
+            "ts": msg.ts,
+            "channel": msg.channel,
+            "user": msg.user,
+            "bot_id": msg.bot_id,
+            "text": msg.text,
+            "blocks": copy.deepcopy(msg.blocks),
+            "thread_ts": msg.thread_ts,
+            "edited": len(msg.history) - 1,
+            "reactions": {n: list(u) for n, u in msg.reactions.items()},
+            "client_msg_id": msg.client_msg_id,
             "reply_count": len(self._replies_of(msg)),
         }
 
     # ------------------------------------------------------------------ ephemerals
 
     def post_ephemeral(
-        self, channel: str, user: str, text: str | None, blocks: list[JSON] | None = None,
-        thread_ts: str | None = None, source: str = "chat.postEphemeral",
+        self,
+        channel: str,
+        user: str,
+        text: str | None,
+        blocks: list[JSON] | None = None,
+        thread_ts: str | None = None,
+        source: str = "chat.postEphemeral",
     ) -> JSON:
         """An ephemeral message only `user` sees; `source` says who produced it (API, slash ack, response_url)."""
         with self._lock:
             cid = self.resolve_channel(channel)
             self.user(user)
             record = {
-                "message_ts": self.new_ts(), "channel": cid, "user": user, "text": text or "",
-                "blocks": blockkit.with_ids(blocks), "thread_ts": thread_ts, "source": source, "deleted": False,
+                "message_ts": self.new_ts(),
+                "channel": cid,
+                "user": user,
+                "text": text or "",
+                "blocks": blockkit.with_ids(blocks),
+                "thread_ts": thread_ts,
+                "source": source,
+                "deleted": False,
             }
             self._ephemerals.append(record)
             return copy.deepcopy(record)
@@ -390,7 +433,11 @@ class Workspace:
     def ephemerals(self, user: str | None = None, include_deleted: bool = False) -> list[JSON]:
         with self._lock:
             return copy.deepcopy(
-                [e for e in self._ephemerals if (user is None or e["user"] == user) and (include_deleted or not e["deleted"])]
+                [
+                    e
+                    for e in self._ephemerals
+                    if (user is None or e["user"] == user) and (include_deleted or not e["deleted"])
+                ]
             )
 
     # ------------------------------------------------------------------ checkbox ticks (client-side state)
@@ -407,7 +454,9 @@ class Workspace:
             el = self._element(user, channel, ts, block_id, action_id)
             return copy.deepcopy(el.get("initial_options", []) if el else [])
 
-    def set_tick(self, user: str, channel: str, ts: str, block_id: str, action_id: str, value: str, checked: bool) -> list[JSON]:
+    def set_tick(
+        self, user: str, channel: str, ts: str, block_id: str, action_id: str, value: str, checked: bool
+    ) -> list[JSON]:
         with self._lock:
             el = self._element(user, channel, ts, block_id, action_id)
             if el is None or el.get("type") != "checkboxes":
@@ -512,8 +561,9 @@ class Workspace:
             stack.append(record["view"]["id"])
             return copy.deepcopy(record["view"])
 
-    def update_view(self, view: JSON, view_id: str | None = None, external_id: str | None = None,
-                    hash_: str | None = None) -> JSON:
+    def update_view(
+        self, view: JSON, view_id: str | None = None, external_id: str | None = None, hash_: str | None = None
+    ) -> JSON:
         with self._lock:
             record = self._view_record(view_id, external_id)
             old = record["view"]
@@ -549,10 +599,13 @@ class Workspace:
 
     def views(self, user: str | None = None, open_only: bool = False) -> list[JSON]:
         with self._lock:
-            return copy.deepcopy([
-                r for r in self._views.values()
-                if (user is None or r["user"] == user) and (not open_only or r["is_open"])
-            ])
+            return copy.deepcopy(
+                [
+                    r
+                    for r in self._views.values()
+                    if (user is None or r["user"] == user) and (not open_only or r["is_open"])
+                ]
+            )
 
     def _view_record(self, view_id: str | None, external_id: str | None) -> JSON:
         if view_id and view_id in self._views:
@@ -573,12 +626,25 @@ class Workspace:
     def _view_body(self, view: JSON, vid: str, root: str, previous: str | None) -> JSON:
         body = copy.deepcopy(view)
         body["blocks"] = blockkit.with_ids(body.get("blocks") or [])
-        body.update({
-            "id": vid, "team_id": self.team_id, "app_id": self.app_id, "bot_id": self.bot_id,
-            "app_installed_team_id": self.team_id, "root_view_id": root, "previous_view_id": previous,
-            "hash": f"{int(time.time())}.{secrets.token_hex(4)}", "state": {"values": {}},
-        })
-        for key, default in (("private_metadata", ""), ("callback_id", ""), ("external_id", ""),
-                             ("clear_on_close", False), ("notify_on_close", False)):
+        body.update(
+            {
+                "id": vid,
+                "team_id": self.team_id,
+                "app_id": self.app_id,
+                "bot_id": self.bot_id,
+                "app_installed_team_id": self.team_id,
+                "root_view_id": root,
+                "previous_view_id": previous,
+                "hash": f"{int(time.time())}.{secrets.token_hex(4)}",
+                "state": {"values": {}},
+            }
+        )
+        for key, default in (
+            ("private_metadata", ""),
+            ("callback_id", ""),
+            ("external_id", ""),
+            ("clear_on_close", False),
+            ("notify_on_close", False),
+        ):
             body.setdefault(key, default)
         return body

@@ -113,16 +113,16 @@ class _Ui:
             return web.json_response({"ok": False, "error": e.error}, status=400)
         dm = self.ws.dm_channel(user)
         channels = [
-            {"id": c["id"], "name": c["name"], "kind": "channel"}
-            for c in self.ws.channels() if not c.get("is_im")
+            {"id": c["id"], "name": c["name"], "kind": "channel"} for c in self.ws.channels() if not c.get("is_im")
         ] + [{"id": dm, "name": self.ws.bot_name, "kind": "dm"}]
         known = {c["id"] for c in channels}
         channel = request.query.get("channel") or channels[0]["id"]
         if channel not in known:
             channel = channels[0]["id"]
         messages = [self._with_ticks(user, m) for m in self.ws.messages(channel)[-MAX_MESSAGES:]]
-        ephemerals = [self._with_ticks(user, self._ephemeral(e)) for e in self.ws.ephemerals(user)
-                      if e["channel"] == channel]
+        ephemerals = [
+            self._with_ticks(user, self._ephemeral(e)) for e in self.ws.ephemerals(user) if e["channel"] == channel
+        ]
         thread = None
         thread_ts = request.query.get("thread")
         root = self.ws.message(channel, thread_ts) if thread_ts else None
@@ -134,38 +134,51 @@ class _Ui:
         views = self.ws.views(user, open_only=True)
         view = {"view": views[-1]["view"], "errors": views[-1]["errors"]} if views else None
         entries = self.slack.log.entries()
-        return web.json_response({
-            "ok": True,
-            "me": user,
-            "bot_user_id": self.ws.bot_user_id,
-            "team": self.ws.team_domain,
-            "model": self.config.model_label,
-            "notes": list(self.config.notes),
-            "personas": [p.__dict__ for p in self.config.personas],
-            "users": {u["id"]: {"name": u["name"], "real_name": u["real_name"], "is_bot": u["is_bot"]}
-                      for u in self.ws.users()},
-            "channels": channels,
-            "channel": channel,
-            "messages": messages,
-            "ephemerals": ephemerals,
-            "thread": thread,
-            "view": view,
-            "bot_connected": bool(self.slack.bot_url),
-            "log_seq": entries[-1]["seq"] if entries else 0,
-        })
+        return web.json_response(
+            {
+                "ok": True,
+                "me": user,
+                "bot_user_id": self.ws.bot_user_id,
+                "team": self.ws.team_domain,
+                "model": self.config.model_label,
+                "notes": list(self.config.notes),
+                "personas": [p.__dict__ for p in self.config.personas],
+                "users": {
+                    u["id"]: {"name": u["name"], "real_name": u["real_name"], "is_bot": u["is_bot"]}
+                    for u in self.ws.users()
+                },
+                "channels": channels,
+                "channel": channel,
+                "messages": messages,
+                "ephemerals": ephemerals,
+                "thread": thread,
+                "view": view,
+                "bot_connected": bool(self.slack.bot_url),
+                "log_seq": entries[-1]["seq"] if entries else 0,
+            }
+        )
 
     @staticmethod
     def _ephemeral(e: dict[str, Any]) -> dict[str, Any]:
         # "local" ephemerals come from the Slack client itself (Slackbot), the others from the bot.
         user = "USLACKBOT" if e["source"] == "local" else "U0BOT"
-        return {"ts": e["message_ts"], "channel": e["channel"], "user": user,
-                "text": e["text"], "blocks": e["blocks"], "thread_ts": e["thread_ts"], "ephemeral": True,
-                "source": e["source"], "edited": 0, "reply_count": 0}
+        return {
+            "ts": e["message_ts"],
+            "channel": e["channel"],
+            "user": user,
+            "text": e["text"],
+            "blocks": e["blocks"],
+            "thread_ts": e["thread_ts"],
+            "ephemeral": True,
+            "source": e["source"],
+            "edited": 0,
+            "reply_count": 0,
+        }
 
     def _with_ticks(self, user: str, message: dict[str, Any]) -> dict[str, Any]:
         """Add this user's checkbox ticks ({block_id: {action_id: [values]}}): ticks are client-side state in
         Slack, so each acting user sees their own."""
-        ticks: dict[str, dict[str, list[str]]] = {}
+        ticks: dict[str, dict[str, list[str | None]]] = {}
         for block, el in iter_elements(message.get("blocks") or []):
             if el.get("type") == "checkboxes" and block.get("block_id") and el.get("action_id"):
                 try:
@@ -219,13 +232,18 @@ class _Ui:
                 command, _, rest = text.partition(" ")
                 if command != "/chatops":
                     # What a Slack client itself answers for a command no app registered.
-                    self.ws.post_ephemeral(channel, user, f"`{command}` is not a valid command. "
-                                           "In this workspace the bot's command is `/chatops`.", source="local")
+                    self.ws.post_ephemeral(
+                        channel,
+                        user,
+                        f"`{command}` is not a valid command. In this workspace the bot's command is `/chatops`.",
+                        source="local",
+                    )
                     return {"deliveries": []}
                 delivery = await self.slack.slash_command(user, channel, command, rest.strip())
                 return {"deliveries": [_summary(delivery)]}
-            deliveries = await self.slack.post_user_message(user, channel, self.slack_text(text),
-                                                            thread_ts=body.get("thread_ts") or None)
+            deliveries = await self.slack.post_user_message(
+                user, channel, self.slack_text(text), thread_ts=body.get("thread_ts") or None
+            )
             ts = deliveries[0].request["event"]["ts"] if deliveries else None
             return {"ts": ts, "deliveries": [_summary(d) for d in deliveries]}
 
@@ -248,16 +266,23 @@ class _Ui:
     async def tick(self, request: web.Request) -> web.Response:
         async def action(body: dict[str, Any], user: str) -> dict[str, Any]:
             delivery = await self.slack.toggle_checkbox(
-                user, body["channel"], str(body["ts"]), body["block_id"], body["action_id"], str(body["value"]),
-                bool(body.get("checked")))
+                user,
+                body["channel"],
+                str(body["ts"]),
+                body["block_id"],
+                body["action_id"],
+                str(body["value"]),
+                bool(body.get("checked")),
+            )
             return {"deliveries": [_summary(delivery)]}
 
         return await self._act(request, action)
 
     async def click(self, request: web.Request) -> web.Response:
         async def action(body: dict[str, Any], user: str) -> dict[str, Any]:
-            delivery = await self.slack.click_button(user, body["channel"], str(body["ts"]), body["action_id"],
-                                                     body.get("block_id"))
+            delivery = await self.slack.click_button(
+                user, body["channel"], str(body["ts"]), body["action_id"], body.get("block_id")
+            )
             return {"deliveries": [_summary(delivery)]}
 
         return await self._act(request, action)
@@ -282,8 +307,14 @@ class _Ui:
 
 def _summary(d: Delivery) -> dict[str, Any]:
     """What the page needs to tell the person something went wrong (the full exchange is in the inspector)."""
-    return {"kind": d.kind, "status": d.status, "error": d.error, "latency_ms": d.latency_ms,
-            "notes": d.notes, "body": d.body[:2000]}
+    return {
+        "kind": d.kind,
+        "status": d.status,
+        "error": d.error,
+        "latency_ms": d.latency_ms,
+        "notes": d.notes,
+        "body": d.body[:2000],
+    }
 
 
 def _dumps(value: Any) -> str:
