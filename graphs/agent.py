@@ -213,16 +213,7 @@ def build_graph(
                 # Secrets are taken out before the result reaches the ledger, the checkpoint, the model or chat.
                 output = redact(output)
                 await ledger.record(key, ok, output)
-                write(
-                    {
-                        "event": "tool_finished",
-                        "tool_call_id": call["id"],
-                        "name": call["name"],
-                        "ok": ok,
-                        "output": output,
-                        "duration_s": time.perf_counter() - started,
-                    }
-                )
+                duration_s = time.perf_counter() - started
             else:
                 previous = await ledger.result(key)
                 ok, output = previous or (
@@ -230,16 +221,17 @@ def build_graph(
                     f"{call['name']} was started earlier but its outcome was not recorded (the bot may have "
                     "restarted mid-call); it was not run again — check its effect by hand",
                 )
-                write(
-                    {
-                        "event": "tool_finished",
-                        "tool_call_id": call["id"],
-                        "name": call["name"],
-                        "ok": ok,
-                        "output": output,
-                        "duration_s": 0.0,
-                    }
-                )
+                duration_s = 0.0
+            write(
+                {
+                    "event": "tool_finished",
+                    "tool_call_id": call["id"],
+                    "name": call["name"],
+                    "ok": ok,
+                    "output": output,
+                    "duration_s": duration_s,
+                }
+            )
             results.append(
                 ToolMessage(output, tool_call_id=call["id"], name=call["name"], status="success" if ok else "error")
             )
