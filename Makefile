@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh machine with Python 3.11+ and make:
 #   make run   - try the bot in your browser (the sandbox: local Slack, the real bot, embedded Redis)
 #   make test  - run the whole test suite
+#   make reset - clear the sandbox's data (Redis data, bot log) and keep .venv; make clean removes .venv too
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,7 +9,7 @@ PY := $(VENV)/bin/python
 CHROMIUM ?= /usr/bin/chromium
 export CHROMIUM
 
-.PHONY: run demo check test browser bench clean
+.PHONY: run demo check test browser bench reset clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -52,5 +53,11 @@ browser:
 bench: $(VENV)/.installed
 	$(PY) -m bench
 
+# The sandbox's data only (CHATOPS_DATA_DIR, default .chatops-data): refused while a sandbox, bot or demo uses it.
+# Standard library only, so it needs no .venv.
+reset:
+	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) -m sandbox.datadir
+
+# Everything `make run` and `make test` made, .venv included.
 clean:
 	rm -rf $(VENV) .chatops-data artifacts

@@ -22,7 +22,7 @@ from .channels import Channels
 from .commands import Commands
 from .lifecycle import Lifecycle
 from .post_tool import PostTool
-from .run_messages import RunMessages
+from .run_messages import ReviewRouting, RunMessages
 from .server import web_app
 from .settings import BotSettings
 from .slack_io import SlackIO
@@ -46,8 +46,10 @@ async def serve(settings: BotSettings) -> None:
         audit = AuditLog(runtime.redis, keys=keys)
         directory = Directory(client)
         approvers = Approvers(directory, settings.approvers, policy, allow_self_approval=settings.allow_self_approval)
-        messages = RunMessages(io, store, updater, runtime.runs, approvers, audit)
-        lifecycle = Lifecycle(io, store, runtime.runs, messages, audit)
+        routing = ReviewRouting(settings.review_channel, settings.review_all)
+        messages = RunMessages(io, store, updater, runtime.runs, approvers, audit, routing)
+        # Without a review channel, a DM request is told at once that no approver will see its cards.
+        lifecycle = Lifecycle(io, store, runtime.runs, messages, audit, warn_dm=not settings.allow_self_approval)
         approvals = Approvals(io, store, runtime.runs, approvers, audit, messages, lifecycle.expire)
         commands = Commands(runtime.runs, store, lifecycle, audit, io, directory, settings.admins)
         app = build_app(settings, client, Surface(io, store, lifecycle, approvals, commands))

@@ -22,6 +22,7 @@ from .cards import (
     REJECT_CALLBACK,
     SELECT_ACTION,
     SHOW_ARGS_ACTION,
+    SHOW_TASK_ACTION,
     parse_reason,
 )
 from .commands import Commands
@@ -186,6 +187,12 @@ def build_app(settings: BotSettings, client: AsyncWebClient, surface: Surface) -
             approvals.open_arguments(value=action.get("value"), index=index, click=click), "show in full", click.where
         )
 
+    @app.action(SHOW_TASK_ACTION)
+    async def on_show_task(ack: AsyncAck, body: dict[str, Any], action: dict[str, Any]) -> None:
+        await ack()
+        click = click_of(body)
+        await io.run(approvals.open_task(value=action.get("value"), click=click), "show the task", click.where)
+
     @app.view(EDIT_CALLBACK)
     async def on_edit_submit(ack: AsyncAck, body: dict[str, Any], view: dict[str, Any]) -> None:
         user = body["user"]["id"]
@@ -218,8 +225,10 @@ def build_app(settings: BotSettings, client: AsyncWebClient, surface: Surface) -
             return
         await ack()
         if await store.unbind_view(view.get("external_id") or ""):
-            reason = parse_reason((view.get("state") or {}).get("values"))
-            io.spawn(approvals.veto(ref, binding, reason), f"reject {ref.value}", where=where_of(binding))
+            reason, replan = parse_reason((view.get("state") or {}).get("values"))
+            io.spawn(
+                approvals.veto(ref, binding, reason, replan=replan), f"reject {ref.value}", where=where_of(binding)
+            )
 
     @app.command("/chatops")
     async def on_command(ack: AsyncAck, command: dict[str, Any]) -> None:

@@ -37,6 +37,7 @@ from .cards import (
     parse_edit_metadata,
     reject_modal,
     selected_indexes,
+    task_modal,
 )
 from .errors import (
     ApprovalExpired,
@@ -119,8 +120,9 @@ class Approvals:
                 raise NotTheCard()
         else:
             # The process that posted this card died before it noted where: the click tells, and counts only
-            # from the run's own thread.
-            if click.channel != record.channel or (click.thread_ts or "") != record.thread_ts or not click.card_ts:
+            # from where the run's cards are posted (its thread, or the review channel).
+            channel, thread_ts = self._messages.routing.place(record)
+            if click.channel != channel or (click.thread_ts or None) != thread_ts or not click.card_ts:
                 log.warning("refused a click by %s on run %s from outside its thread", click.user, ref.run_id)
                 raise NotTheCard()
             await self._store.update(
@@ -154,6 +156,7 @@ class Approvals:
             ticked = selected_indexes(state_values, ref.interrupt_id)
             ticked = set(range(count)) if ticked is None else ticked
             if not ticked:
+                await self._approvers.check_decider(click.user, record.requester or None, pending.request)
                 raise Refused("Nothing is ticked: tick the calls to allow, or click Reject.")
             decisions = [
                 {"type": "approve"} if n in ticked else {"type": "reject", "message": "not ticked by the approver"}
@@ -190,14 +193,20 @@ class Approvals:
             return
         await self.resume(ref, standing, ",".join(approvers))
 
-    async def resume(self, ref: CardRef, decisions: list[Decision], decided_by: str) -> None:
+    async def resume(self, ref: CardRef, decisions: list[Decision], decided_by: str, *, end: bool = False) -> None:
         record = await self._store.run(ref.run_id)
         if record is None:
             raise UnknownRunRef(f"I know no run `{ref.run_id}`; it may have expired.")
         on_event = self._messages.listener(record, record.progress_state())
         try:
             await self._runs.resume(
-                ref.run_id, ref.interrupt_id, decisions, decided_by=decided_by, on_event=on_event, wait_s=RESUME_WAIT_S
+                ref.run_id,
+                ref.interrupt_id,
+                decisions,
+                decided_by=decided_by,
+                end=end,
+                on_event=on_event,
+                wait_s=RESUME_WAIT_S,
             )
         except LockLost:
             raise
@@ -218,6 +227,8 @@ class Approvals:
             await self._approvers.check_reject(click.user, record.requester or None, pending.request)
             view = reject_modal(ref, channel=click.channel, card_ts=card_ts)
         else:
+            # Only someone who may approve a call of this card gets a dialog that offers approving.
+            await self._approvers.check_decider(click.user, record.requester or None, pending.request)
             if await self._store.proposal(ref.run_id, ref.interrupt_id) is not None:
                 raise Refused("The first approver's proposal stands; approve or reject it.")
             view = edit_modal(ref, pending.request, channel=click.channel, card_ts=card_ts)
@@ -244,6 +255,11 @@ class Approvals:
         decision = proposal[index] if proposal is not None else None
         args = decision["edited_action"]["args"] if decision and decision["type"] == "edit" else None
         await self._open(click, args_modal(ref, pending.request, index, args), f"the arguments of run {ref.run_id}")
+
+    async def open_task(self, *, value: Any, click: Click) -> None:
+        """ "Show the task in full" on a card: the whole task in a dialog (read-only)."""
+        ref, _, record = await self._clicked(value, click)
+        await self._open(click, task_modal(ref, record.task), f"the task of run {ref.run_id}")
 
     async def _open(self, click: Click, view: dict[str, Any], what: str) -> dict[str, Any]:
         """views.open; the opened view as Slack returned it."""
@@ -311,12 +327,13 @@ class Approvals:
         pending, record = await self.card_of(ref, _click_of(binding))
         await self.approve(ref, pending, record, decisions, binding.user)
 
-    async def veto(self, ref: CardRef, binding: ViewBinding, reason: str) -> None:
-        """A rejection: one is enough, whatever the card's number of required approvals."""
+    async def veto(self, ref: CardRef, binding: ViewBinding, reason: str, *, replan: bool = False) -> None:
+        """A rejection: one is enough, whatever the card's number of required approvals. It ends the run unless
+        the approver let the agent try another way (``replan``)."""
         pending, record = await self.card_of(ref, _click_of(binding))
         await self._approvers.check_reject(binding.user, record.requester or None, pending.request)
         decisions: list[Decision] = [{"type": "reject", "message": reason} for _ in pending.request["action_requests"]]
-        await self.resume(ref, decisions, binding.user)
+        await self.resume(ref, decisions, binding.user, end=not replan)
 
 
 def _click_of(binding: ViewBinding) -> Click:

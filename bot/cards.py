@@ -13,19 +13,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from graphs.display import hidden_characters, shorten, value_text, visible
-from graphs.tools import summarize_args
 from graphs.types import ActionRequest, Decision, ReviewRequest
 
 from .blocks import (
     MAX_MODAL_BLOCKS,
     MODAL_TITLE,
-    OPTION_TEXT,
     PRIVATE_METADATA,
     SECTION_TEXT,
     Block,
     button,
-    checkbox_groups,
-    clip,
     context,
     divider,
     fit_message,
@@ -78,6 +74,8 @@ VALUE_SHOWN = 1000
 CARD_SHOWN = 8000
 INLINE_VALUE = 80  # a single-line value at most this long is shown inline; longer ones get their own box
 SHOW_ARGS_ACTION = "show_args"
+SHOW_TASK_ACTION = "show_task"
+TASK_SHOWN = 500  # characters of the task on a card; the rest behind "Show the task in full"
 
 
 def mentions(users: str | list[str]) -> str:
@@ -85,10 +83,18 @@ def mentions(users: str | list[str]) -> str:
     return ", ".join(f"<@{u}>" for u in ids if u) or "someone"
 
 
-def _asked(requester: str | None, task: str) -> Block:
-    """Who asked and what, as data: the task is quoted literally, never formatted."""
+def _asked(requester: str | None, task: str, ref: CardRef | None = None) -> list[Block]:
+    """Who asked and what, as data: the task is quoted literally, never formatted. A long task is shortened
+    (saying by how much); with ``ref`` (a card still open) a button shows it whole."""
     who = rt_user(requester) if requester else rt_text("Someone")
-    return rich_text(rt_section(who, rt_text(" asked:")), rt_quote(visible(clip(task, 1500))))
+    shown, cut = shorten(visible(task), TASK_SHOWN)
+    parts = [rt_section(who, rt_text(" asked:")), rt_quote(shown + ("…" if cut else ""))]
+    if cut:
+        parts.append(rt_section(rt_text(f"✂ {cut:,} more characters of the task not shown here", italic=True)))
+    blocks = [rich_text(*parts)]
+    if cut and ref is not None:
+        blocks.append({"type": "actions", "elements": [button("Show the task in full", SHOW_TASK_ACTION, ref.value)]})
+    return blocks
 
 
 def call_facts(action: ActionRequest, args: dict[str, Any] | None = None) -> list[str]:
@@ -150,13 +156,25 @@ def _kind(value: Any) -> str:
     return "JSON"
 
 
-def _calls(ref: CardRef, actions: list[ActionRequest], budget: _Budget, *, show_all: bool) -> list[Block]:
+def _calls(ref: CardRef, actions: list[ActionRequest], budget: _Budget) -> list[Block]:
+    """Each proposed call once: its values, then its own checkbox (ticked) and, if the card shortened it, a
+    button that shows it whole."""
     blocks: list[Block] = []
+    nonce = ref.interrupt_id[:8]
     for n, action in enumerate(actions, 1):
         block, left_out = _call_block(n, action["name"], action["args"], call_facts(action), budget)
-        blocks.append(block)
-        if left_out and show_all:
-            blocks.append(_show_in_full(ref, n, left_out))
+        tick = option(f"Allow call {n} ({action['name']})", str(n - 1))
+        elements: list[Block] = [
+            {
+                "type": "checkboxes",
+                "action_id": f"{SELECT_ACTION}_{n - 1}",
+                "options": [tick],
+                "initial_options": [tick],
+            }
+        ]
+        if left_out:
+            elements.append(button(f"Show call {n} in full", f"{SHOW_ARGS_ACTION}_{n - 1}", ref.value))
+        blocks += [block, {"type": "actions", "block_id": f"{CALLS_BLOCK_PREFIX}{nonce}_{n - 1}", "elements": elements}]
     return blocks
 
 
@@ -178,22 +196,19 @@ def approval_card(
     approved_by: list[str] | None = None,
     proposal: list[Decision] | None = None,
     expires_at: float | None = None,
+    origin: str | None = None,
 ) -> tuple[str, list[Block]]:
-    """The card asking for approval. With ``proposal`` (a first approver's choice on a card that needs
+    """The card asking for approval; ``origin`` (our own mrkdwn) says where it was asked when that is not this
+    card's thread. With ``proposal`` (a first approver's choice on a card that needs
     several approvers) the checkboxes give way to that proposal, which later approvers confirm."""
     actions = request["action_requests"]
     nonce = ref.interrupt_id[:8]
-    blocks: list[Block] = [header("Approval needed"), _asked(requester, task)]
+    blocks: list[Block] = [header("Approval needed"), *_asked(requester, task, ref)]
     budget = _Budget(CARD_SHOWN)
     if proposal is None:
-        options = [
-            option(f"{n}. {a['name']}", str(n - 1), summarize_args(a["args"], OPTION_TEXT) or "(no arguments)")
-            for n, a in enumerate(actions, 1)
-        ]
         blocks += [
             section(f"*The agent wants to run {len(actions)} call{'s' if len(actions) != 1 else ''}:*"),
-            *_calls(ref, actions, budget, show_all=True),
-            *checkbox_groups(options, action_id=SELECT_ACTION, block_prefix=f"{CALLS_BLOCK_PREFIX}{nonce}_"),
+            *_calls(ref, actions, budget),
         ]
         buttons = [
             button("Approve selected", APPROVE_ACTION, ref.value, "primary"),
@@ -208,13 +223,15 @@ def approval_card(
         ]
     blocks.append({"type": "actions", "block_id": f"decide_{nonce}_{len(approved_by or [])}", "elements": buttons})
     notes = [f"Run `{ref.run_id}`"]
+    if origin:
+        notes.append(origin)
     if required > 1:
         notes.append(
             f"*{len(approved_by or [])} of {required} approvals*"
             + (f" ({mentions(approved_by)})" if approved_by else "")
         )
     if proposal is None:
-        notes.append("tick the calls you allow; unticked calls are rejected")
+        notes.append("untick a call to reject it; Reject… rejects them all and ends the run")
     if expires_at:
         notes.append("expires " + time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(expires_at)))
     blocks.append(context(" · ".join(notes)))
@@ -248,7 +265,7 @@ def _decided_calls(
     return blocks
 
 
-DECISION_MARK = {"approve": "✅ approved", "edit": "✏️ edited", "reject": "❌ rejected"}
+DECISION_MARK = {"approve": "✅ approved", "edit": "✏️ edited", "reject": "⛔ rejected"}
 
 
 def decided_card(
@@ -259,19 +276,36 @@ def decided_card(
     decided_by: str,
     requester: str | None,
     task: str,
+    origin: str | None = None,
 ) -> tuple[str, list[Block]]:
     approved = sum(d["type"] != "reject" for d in decisions)
     blocks = [
         header("Approval decided"),
-        _asked(requester, task),
+        *_asked(requester, task),
         *_decided_calls(request, decisions, _Budget(CARD_SHOWN)),
-        context(f"Decided by {mentions(decided_by)} · {approved} of {len(decisions)} allowed · run `{ref.run_id}`"),
+        context(
+            f"Decided by {mentions(decided_by)} · {approved} of {len(decisions)} {_calls_word(len(decisions))}"
+            f" allowed to run · run `{ref.run_id}`" + (f" · {origin}" if origin else "")
+        ),
     ]
-    text = f"Run {ref.run_id}: {approved} of {len(decisions)} calls approved by {mentions(decided_by)}"
+    text = f"Run {ref.run_id}: {approved} of {len(decisions)} calls allowed to run by {mentions(decided_by)}"
     return text, fit_message(blocks, "More calls were decided than one message can show; see /chatops audit.")
 
 
-def closed_card(ref: CardRef, request: ReviewRequest, *, title: str, reason: str, task: str) -> tuple[str, list[Block]]:
+def _calls_word(count: int) -> str:
+    return "call" if count == 1 else "calls"
+
+
+def closed_card(
+    ref: CardRef,
+    request: ReviewRequest,
+    *,
+    title: str,
+    reason: str,
+    task: str,
+    requester: str | None = None,
+    origin: str | None = None,
+) -> tuple[str, list[Block]]:
     """A card that can no longer be answered: cancelled, expired or replaced by a rewind."""
     budget = _Budget(CARD_SHOWN)
     calls = [
@@ -280,9 +314,9 @@ def closed_card(ref: CardRef, request: ReviewRequest, *, title: str, reason: str
     ]
     blocks = [
         header(title),
-        rich_text(rt_section(rt_text("Task: ")), rt_quote(visible(clip(task, 1500)))),
+        *_asked(requester, task),
         *calls,
-        context(f"{reason} · run `{ref.run_id}`"),  # our own words, mentions included
+        context(f"{reason} · run `{ref.run_id}`" + (f" · {origin}" if origin else "")),  # our own words
     ]
     return f"Run {ref.run_id}: {reason}", fit_message(blocks, "More calls than one message can show.")
 
@@ -315,6 +349,23 @@ def args_modal(ref: CardRef, request: ReviewRequest, index: int, args: dict[str,
     return {
         "type": "modal",
         "title": plain("Full arguments", MODAL_TITLE),
+        "close": plain("Close", MODAL_TITLE),
+        "blocks": blocks,
+    }
+
+
+def task_modal(ref: CardRef, task: str) -> Block:
+    """The whole task of a run, exact, for reading (a card shortens a long one)."""
+    text = visible(task)
+    chunk = SECTION_TEXT - 100
+    blocks: list[Block] = [section(f"The task of run `{ref.run_id}`, exactly as it was asked:")]
+    blocks += [
+        {"type": "section", "text": plain(text[i : i + chunk], SECTION_TEXT, emoji=False)}
+        for i in range(0, max(len(text), 1), chunk)
+    ][: MAX_MODAL_BLOCKS - 1]
+    return {
+        "type": "modal",
+        "title": plain("The task", MODAL_TITLE),
         "close": plain("Close", MODAL_TITLE),
         "blocks": blocks,
     }
@@ -448,7 +499,7 @@ def reject_modal(ref: CardRef, *, channel: str, card_ts: str) -> Block:
         "close": plain("Cancel", MODAL_TITLE),
         "private_metadata": metadata,
         "blocks": [
-            section(f"Reject every call of run `{ref.run_id}`. The agent reads your reason."),
+            section(f"Reject every call of run `{ref.run_id}`: nothing on the card runs, and the run ends."),
             {
                 "type": "input",
                 "block_id": REASON_BLOCK,
@@ -461,13 +512,29 @@ def reject_modal(ref: CardRef, *, channel: str, card_ts: str) -> Block:
                     "max_length": 1000,
                 },
             },
+            {
+                "type": "input",
+                "block_id": REPLAN_BLOCK,
+                "optional": True,
+                "label": plain("Instead of ending the run", 2000),
+                "element": {"type": "checkboxes", "action_id": REPLAN_BLOCK, "options": [REPLAN_OPTION]},
+                "hint": plain(
+                    "The agent reads your reason and may propose other calls, which need a new approval.", 2000
+                ),
+            },
         ],
     }
 
 
-def parse_reason(values: Any) -> str:
+REPLAN_BLOCK = "replan"
+REPLAN_OPTION = option("Let the agent try another way", "yes")
+
+
+def parse_reason(values: Any) -> tuple[str, bool]:
+    """The reject dialog's answer: the reason, and whether the agent may try another way (else the run ends)."""
     state = ((values or {}).get(REASON_BLOCK) or {}).get(REASON_BLOCK) or {}
-    return (state.get("value") or "").strip()
+    replan = ((values or {}).get(REPLAN_BLOCK) or {}).get(REPLAN_BLOCK) or {}
+    return (state.get("value") or "").strip(), bool(replan.get("selected_options"))
 
 
 def parse_edit_metadata(view: Any) -> tuple[CardRef, str, str]:

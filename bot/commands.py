@@ -42,6 +42,8 @@ LINK = re.compile(
 )
 RUN_ID = re.compile(r"^[a-z0-9]{8}$")
 LISTED = 20
+LISTED_CHECKPOINTS = 40
+USER = re.compile(r"[UW][A-Z0-9]+")
 
 
 class Commands:
@@ -124,7 +126,7 @@ class Commands:
         shown = []
         for review in await self._runs.pending():
             record = await self._store.run(review.thread_id) or RunRecord(review.thread_id)
-            if admin or (review.requester == user if in_dm else record.channel == channel):
+            if admin or (review.requester == user if in_dm else channel in (record.channel, record.card_channel)):
                 shown.append((review, record))
         scope = "" if admin else (" for runs you asked for" if in_dm else " in this channel")
         if not shown:
@@ -133,14 +135,17 @@ class Commands:
         for review, record in shown[:LISTED]:
             tools = ", ".join(a["name"] for a in review.request["action_requests"])
             card = record.card(review.interrupt_id)
-            delivered = card is not None
-            link = await self._io.permalink(*card) if card else None
+            link, gone = await self._io.locate(*card) if card else (None, False)
             who = f"<@{review.requester}>" if review.requester else "someone"
-            where = (
-                f" — <{link}|open the card>"
-                if link
-                else (" — card not delivered yet — retrying" if not delivered else "")
-            )
+            if link:
+                where = f" — <{link}|open the card>"
+            elif gone:
+                where = (
+                    " — its card is gone from Slack (deleted, or the workspace was reset), so nobody can decide it;"
+                    f" an admin can `/chatops cancel {review.thread_id}`"
+                )
+            else:
+                where = " — card not delivered yet — retrying" if card is None else ""
             lines.append(
                 f"• run `{review.thread_id}` by {who}: {literal(tools)} — waiting {_age(review.created_at)}{where}"
             )
@@ -152,13 +157,13 @@ class Commands:
         checkpoints = await self._runs.history(run_id)
         if not checkpoints:
             raise UnknownRun(f"run `{run_id}` has no history (it may have expired)")
-        lines = [f"*History of run `{run_id}`* (newest first; rewind with `/chatops rewind {run_id} <id>`):"]
-        for c in checkpoints[:40]:
+        lines = [f"*History of run* `{run_id}` (newest first; rewind to a point with `/chatops rewind {run_id} <id>`):"]
+        for c in checkpoints[:LISTED_CHECKPOINTS]:
             when = c.created_at[11:19] if len(c.created_at) >= 19 else c.created_at
-            node = ", ".join(c.next) or "end"
-            lines.append(
-                f"• `{c.checkpoint_id[-8:]}` step {c.step} · next {node} · {when} UTC — {literal(clip(c.summary, 200))}"
-            )
+            who = f" — by {', '.join(f'<@{u}>' for u in c.decided_by if USER.fullmatch(u))}" if c.decided_by else ""
+            lines.append(f"• `{c.checkpoint_id[-8:]}` {when} UTC · _{c.stage}_ · {literal(clip(c.summary, 200))}{who}")
+        if len(checkpoints) > LISTED_CHECKPOINTS:
+            lines.append(f"…and {len(checkpoints) - LISTED_CHECKPOINTS} older checkpoints.")
         return "\n".join(lines)
 
     async def cancel(self, run_id: str, user: str) -> tuple[str, Any]:
@@ -172,6 +177,14 @@ class Commands:
     async def rewind(self, run_id: str, checkpoint: str | None, user: str) -> tuple[str, Any]:
         if await self._runs.locks.is_held(run_id):
             return f"Run `{run_id}` is working right now; cancel it or wait before rewinding.", None
+        record = await self._store.run(run_id) or RunRecord(run_id)
+        if (await self._io.locate(record.channel, record.thread_ts))[1]:
+            # A rewind answers in the run's thread; with the thread gone its new card would reach nobody.
+            return (
+                f"Run `{run_id}` cannot be rewound: its thread is gone from Slack (deleted, or the workspace was "
+                f"reset), so nothing it posts could be seen. Cancel it with `/chatops cancel {run_id}`.",
+                None,
+            )
         target = await self._runs.rewind_target(run_id, checkpoint)
         return (
             f"Rewinding run `{run_id}` to `{target.checkpoint_id[-8:]}`…",

@@ -27,11 +27,26 @@ from .store import RunRecord, SlackStore, Turn, new_run_id
 log = logging.getLogger(__name__)
 
 LEADING_MENTIONS = re.compile(r"^\s*(<@[UW][A-Z0-9]+(\|[^>]*)?>[\s,:]*)+")
+DM_DEAD_END = (
+    ":warning: Heads-up: approvers cannot see cards in a DM with me, and no review channel is set, so anything "
+    "that needs approval will wait here until it expires (read-only checks still run). Ask in a channel where "
+    "approvers are, or ask an admin to set CHATOPS_REVIEW_CHANNEL: then cards of DM requests go there."
+)
 EMPTY_ASK = "Tell me what to do, e.g. _check the API and run the disk-usage runbook_."
 
 
 class Lifecycle:
-    def __init__(self, io: SlackIO, store: SlackStore, runs: Runs, messages: RunMessages, audit: AuditLog) -> None:
+    def __init__(
+        self,
+        io: SlackIO,
+        store: SlackStore,
+        runs: Runs,
+        messages: RunMessages,
+        audit: AuditLog,
+        *,
+        warn_dm: bool = True,
+    ) -> None:
+        self._warn_dm = warn_dm
         self._io = io
         self._store = store
         self._runs = runs
@@ -71,6 +86,8 @@ class Lifecycle:
             posted = await self._io.post(channel, slack_thread, *progress.render())
             if posted is None:
                 return
+            if self._warn_dm and self._messages.routing.dead_end(channel):
+                await self._io.post(channel, slack_thread, DM_DEAD_END)
             await self._store.update(
                 run_id,
                 channel=channel,

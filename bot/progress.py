@@ -22,6 +22,7 @@ from graphs.types import (
 )
 
 from .blocks import (
+    SECTION_TEXT,
     Block,
     clip,
     context,
@@ -36,15 +37,20 @@ from .blocks import (
 MODEL_TEXT_SHOWN = 1500
 USER_ID = re.compile(r"[UW][A-Z0-9]+")
 
+# One word and one mark per state, the same wherever a state is shown (steps use the Unicode of the same marks).
 STATUS_LINE = {
     "working": ":hourglass_flowing_sand: Working…",
     "waiting": ":raised_hand: Waiting for approval (see the card below)",
     "undelivered": ":raised_hand: Waiting for approval: the card was not delivered yet — retrying",
     "done": ":white_check_mark: Done",
-    "failed": ":warning: Failed",
+    "nothing": ":information_source: Nothing to do: no tool matched this request",
+    "failed": ":x: Failed",
+    "rejected": ":no_entry: Nothing ran: every call was rejected or not allowed",
+    "stopped": ":octagonal_sign: Stopped",
     "cancelled": ":no_entry_sign: Cancelled",
     "expired": ":alarm_clock: Expired: nobody decided in time",
 }
+FINAL = frozenset({"done", "nothing", "failed", "rejected", "stopped", "cancelled", "expired"})
 
 # Unicode, not :codes:: step lines are rich_text (literal), where :codes: are not turned into emoji.
 STEP_MARK = {
@@ -57,7 +63,11 @@ STEP_MARK = {
     "rejected": "⛔",
     "not allowed": "⛔",
     "invalid arguments": "⛔",
+    "not run": "⏹️",
+    "stopped": "⏹️",
 }
+# What a step still waiting becomes when its run ends without it.
+UNFINISHED = {"queued": "not run", "needs approval": "not run", "approved": "not run", "running": "stopped"}
 PROPOSED_STATUS = {"auto": "queued", "ask": "needs approval", "invalid": "invalid arguments"}
 
 
@@ -78,11 +88,13 @@ class Progress:
     task: str
     status: str = "working"
     model_text: str = ""
+    model_text_closed: bool = False  # the model proposed calls after model_text: its next words replace it
     steps: list[Step] = field(default_factory=list)
     report: str = ""
-    error: str = ""
+    error: str = ""  # why it failed or stopped, or what the bot can do when nothing matched
     note: str = ""  # e.g. "rewound by @admin"
     card_undelivered: bool = False  # waiting, but the approval card has not reached Slack yet
+    card_link: str = ""  # our own mrkdwn: where the card is when it is not in this thread (a review channel)
 
     # -- folding events -----------------------------------------------------------------------
 
@@ -90,10 +102,13 @@ class Progress:
         """Fold one event in; True when the change is worth showing."""
         if isinstance(event, Token):
             self.status = "working"
-            self.model_text += event.text
+            # The model's words of its latest step only: what it said before proposing the calls listed below
+            # is replaced when it speaks again, rather than stacking up.
+            self.model_text = event.text if self.model_text_closed else self.model_text + event.text
+            self.model_text_closed = False
             return True
         if isinstance(event, ToolProposed):
-            self.model_text += "\n" if self.model_text and not self.model_text.endswith("\n") else ""
+            self.model_text_closed = True
             for call in event.calls:
                 status = PROPOSED_STATUS.get(call["mode"], "not allowed")
                 self._set(
@@ -110,6 +125,7 @@ class Progress:
             return True
         if isinstance(event, ToolFinished):
             first = event.output.strip().splitlines()[0] if event.output.strip() else ""
+            first = first.removeprefix(f"{event.name} failed: ")  # the step says "failed" already
             detail = f"{clip(first, 200)} ({event.duration_s:.1f}s)"
             self._set(event.tool_call_id, event.name, None, "ok" if event.ok else "failed", detail)
             return True
@@ -117,24 +133,33 @@ class Progress:
             self.status = "waiting"
             return True
         if isinstance(event, Finished):
-            self.status, self.report = "done", event.report
+            self.end(event.outcome, error=event.detail)
+            self.report = event.report
             return True
         if isinstance(event, Failed):
-            self.status, self.error = "failed", event.error
+            self.end("failed", error=event.error)
             return True
         if isinstance(event, Cancelled):
-            self.status = "cancelled"
-            if event.by:
-                self.note = f"cancelled by <@{event.by}>"
+            self.end("cancelled", note=f"cancelled by <@{event.by}>" if event.by else "")
             return True
         return False
 
-    def decided(self, calls: list[tuple[str, str]], by: str) -> None:
-        """Mark reviewed calls (tool_call_id, decision) once someone decided."""
-        for tool_call_id, decision in calls:
-            self._set(tool_call_id, None, None, "rejected" if decision == "reject" else "approved", by=by)
+    def end(self, status: str, *, error: str = "", note: str = "") -> None:
+        """The run ended (``status`` is one of FINAL): steps still waiting say they did not run."""
+        self.status = status
+        self.error = error or self.error
+        self.note = note or self.note
+        for step in self.steps:
+            step.status = UNFINISHED.get(step.status, step.status)
+
+    def decided(self, calls: list[tuple[str, str, str]], by: str) -> None:
+        """Mark reviewed calls (tool_call_id, decision, reason) once someone decided."""
+        for tool_call_id, decision, reason in calls:
+            rejected = decision == "reject"
+            self._set(tool_call_id, None, None, "rejected" if rejected else "approved", reason if rejected else "", by)
         self.status = "working"
         self.card_undelivered = False
+        self.card_link = ""
 
     def _set(
         self,
@@ -157,7 +182,7 @@ class Progress:
 
     @property
     def final(self) -> bool:
-        return self.status in ("done", "failed", "cancelled", "expired")
+        return self.status in FINAL
 
     # -- persistence (so a resume in another process continues the same message) ---------------
 
@@ -175,23 +200,29 @@ class Progress:
     def render(self) -> tuple[str, list[Block]]:
         state = "undelivered" if self.status == "waiting" and self.card_undelivered else self.status
         status = STATUS_LINE.get(state, self.status)
+        if state == "waiting" and self.card_link:
+            status = f":raised_hand: Waiting for approval: {self.card_link}"
         blocks: list[Block] = [section(f"{status}")]
         text = self.model_text.strip()
-        if text and self.status != "done":
+        if text and not self.final:
             shown = text if len(text) <= MODEL_TEXT_SHOWN else "…" + text[-MODEL_TEXT_SHOWN:]
             blocks.append(section(literal(shown)))  # the model's words: formatting kept, mentions and links inert
         if self.steps:
             blocks.append(rich_text(*(self._step_line(s) for s in self.steps)))
-        if self.status == "done" and self.report:
-            blocks.append(section(literal(self.report)))
-        if self.status == "failed" and self.error:
-            blocks.append(section(f"*Error:* {literal(clip(self.error, 1500))}"))
+        if self.final and self.report:
+            blocks.append(section(literal(clip(self.report, SECTION_TEXT - 100))))
+        if self.error and self.status in ("failed", "stopped"):
+            blocks.append(
+                section(f"*{'Why' if self.status == 'stopped' else 'What failed'}:* {literal(clip(self.error, 1500))}")
+            )
+        if self.error and self.status == "nothing":
+            blocks.append(context(literal(clip(self.error, 1500))))  # what the bot can do instead
         footer = f"Run `{self.run_id}`" + (f" · asked by <@{self.requester}>" if self.requester else "")
         if self.note:
             footer += f" · {self.note}"  # our own words
         blocks.append(context(footer))
         fallback = f"{status} — run {self.run_id}"
-        if self.status == "done" and self.report:
+        if self.final and self.report:
             fallback += f": {literal(clip(self.report, 3000))}"
         return fallback, blocks
 
@@ -211,4 +242,6 @@ class Progress:
                 parts += [rt_text(", ")] * (n > 0) + [
                     rt_user(user) if USER_ID.fullmatch(user) else rt_text(visible(user))
                 ]
+        if step.detail and step.status == "rejected":
+            parts.append(rt_text(f" ({visible(step.detail)})"))
         return rt_section(*parts)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from graphs.errors import RunBusy
@@ -39,10 +40,43 @@ CARD_GRACE_S = 10.0
 CARD_RETRY_MAX_S = 300.0
 
 
+def is_dm(channel: str) -> bool:
+    """A direct message with the bot (D…): nobody but the requester sees what is posted there."""
+    return channel.startswith("D")
+
+
+@dataclass(frozen=True)
+class ReviewRouting:
+    """Where a run's approval cards go: into the run's thread, unless nobody who can decide would see them there.
+    Cards of DM requests (and, with ``every_request``, of all requests) go to ``channel`` instead, as messages of
+    their own that link back to the request."""
+
+    channel: str | None = None  # CHATOPS_REVIEW_CHANNEL
+    every_request: bool = False  # CHATOPS_REVIEW_ALL
+
+    def place(self, record: RunRecord) -> tuple[str, str | None]:
+        """(channel, thread_ts or None for a message of its own) where the run's cards are posted."""
+        if self.channel and (self.every_request or is_dm(record.channel)) and record.channel != self.channel:
+            return self.channel, None
+        return record.channel, record.thread_ts or None
+
+    def dead_end(self, channel: str) -> bool:
+        """A request from a DM whose cards nobody else could see: there is no review channel to send them to."""
+        return is_dm(channel) and not self.channel
+
+
 class RunMessages:
     def __init__(
-        self, io: SlackIO, store: SlackStore, updater: MessageUpdater, runs: Runs, approvers: Approvers, audit: AuditLog
+        self,
+        io: SlackIO,
+        store: SlackStore,
+        updater: MessageUpdater,
+        runs: Runs,
+        approvers: Approvers,
+        audit: AuditLog,
+        routing: ReviewRouting | None = None,
     ) -> None:
+        self.routing = routing or ReviewRouting()
         self._io = io
         self._store = store
         self._updater = updater
@@ -80,14 +114,17 @@ class RunMessages:
                 await self._audit.record_decision(run_id, event)
                 progress.decided(
                     [
-                        (a["tool_call_id"], d["type"])
+                        (a["tool_call_id"], d["type"], d.get("message", ""))
                         for a, d in zip(event.request["action_requests"], event.decisions, strict=True)
                     ],
                     event.decided_by or "?",
                 )
             if isinstance(event, ReviewRequested):
-                # The card first: the progress message says "see the card below" only once there is one.
-                progress.card_undelivered = not await self.deliver_card(run_id, event.interrupt_id, event.request)
+                # The card first: the progress message says where the card is only once there is one.
+                delivered = await self.deliver_card(run_id, event.interrupt_id, event.request)
+                progress.card_undelivered = not delivered
+                if delivered:
+                    progress.card_link = await self.card_elsewhere(run_id)
             if progress.apply(event) or isinstance(event, ReviewDecided):
                 self.show(progress, channel, progress_ts)
             if isinstance(event, ReviewRequested) or progress.final:
@@ -101,7 +138,7 @@ class RunMessages:
         if record is None or not record.progress_ts:
             return
         progress = record.progress_state()
-        progress.status, progress.note = status, note
+        progress.end(status, note=note)
         await self._store.save_progress(run_id, progress)
         self.show(progress, record.channel, record.progress_ts)
 
@@ -118,6 +155,7 @@ class RunMessages:
         pending = await self._runs.pending_review(run_id)
         if pending is None or pending.interrupt_id != interrupt_id:
             return True  # decided, rewound or cancelled meanwhile: nothing to post
+        channel, thread_ts = self.routing.place(record)
         text, blocks = approval_card(
             CardRef(run_id, interrupt_id),
             request,
@@ -125,11 +163,12 @@ class RunMessages:
             task=record.task,
             required=self._approvers.required(request, range(len(request["action_requests"]))),
             expires_at=pending.created_at + self._policy.expires_after_s,
+            origin=await self._origin(record, channel),
         )
         attempts = record.card_attempts + 1 if record.card_for == interrupt_id else 1
         try:
             ts = await self._io.post_or_raise(
-                record.channel, record.thread_ts, text, blocks, attempts=POST_ATTEMPTS if attempts == 1 else 1
+                channel, thread_ts, text, blocks, attempts=POST_ATTEMPTS if attempts == 1 else 1
             )
         except Undelivered as exc:
             delay = min(CARD_RETRY_MAX_S, max(exc.retry_after, CARD_GRACE_S * 2 ** min(attempts - 1, 8)))
@@ -147,13 +186,37 @@ class RunMessages:
         await self._store.update(
             run_id,
             card_ts=ts,
-            card_channel=record.channel,
+            card_channel=channel,
             card_interrupt=interrupt_id,
             card_for=interrupt_id,
             card_attempts=0,
             card_retry_at=0,
         )
         return True
+
+    async def _origin(self, record: RunRecord, card_channel: str, *, decided: bool = False) -> str | None:
+        """What a card says about where the request was made (our own mrkdwn), when it is not in its thread;
+        for an open card in a DM that nobody else can see, says so."""
+        if card_channel == record.channel:
+            if self.routing.dead_end(record.channel) and not decided:
+                return (
+                    "only you can see this card in our DM, and no approver can: an admin can set "
+                    "CHATOPS_REVIEW_CHANNEL to send such cards where approvers are; you can Reject… to withdraw it"
+                )
+            return None
+        if is_dm(record.channel):
+            return "asked in a DM with the bot"
+        link = await self._io.permalink(record.channel, record.thread_ts)
+        return f"asked in <#{record.channel}>" + (f" (<{link}|the request's thread>)" if link else "")
+
+    async def card_elsewhere(self, run_id: str) -> str:
+        """Where the run's current card is, in mrkdwn, when it is not in the run's thread ("" when it is)."""
+        record = await self._store.run(run_id)
+        if record is None or not record.card_ts or record.card_channel in ("", record.channel):
+            return ""
+        link = await self._io.permalink(record.card_channel, record.card_ts)
+        where = f"<#{record.card_channel}>"
+        return f"the card is in {where}" + (f": <{link}|open it>" if link else "")
 
     async def redeliver_card(self, pending: PendingReview) -> None:
         """A pending review whose card is not on Slack: post it, and say on the progress message how it stands."""
@@ -168,6 +231,7 @@ class RunMessages:
                 if progress.status == "waiting" and progress.card_undelivered == (not delivered):
                     return  # the message already says so
                 progress.status, progress.card_undelivered = "waiting", not delivered
+                progress.card_link = await self.card_elsewhere(pending.thread_id) if delivered else ""
                 await self._store.save_progress(pending.thread_id, progress)
                 self.show(progress, record.channel, record.progress_ts)
         except RunBusy:
@@ -194,6 +258,7 @@ class RunMessages:
             decided_by=event.decided_by or "?",
             requester=record.requester,
             task=record.task,
+            origin=await self._origin(record, card[0], decided=True),
         )
         self._updater.submit(*card, text=text, blocks=blocks, final=True)
 
@@ -230,6 +295,12 @@ class RunMessages:
         if record is None or card is None:
             return
         text, blocks = closed_card(
-            CardRef(run_id, pending.interrupt_id), pending.request, title=title, reason=reason, task=record.task
+            CardRef(run_id, pending.interrupt_id),
+            pending.request,
+            title=title,
+            reason=reason,
+            task=record.task,
+            requester=record.requester or None,
+            origin=await self._origin(record, card[0], decided=True),
         )
         self._updater.submit(*card, text=text, blocks=blocks, final=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -45,6 +46,8 @@ class BotSettings:
     allow_self_approval: bool = False
     admins: frozenset[str] = frozenset()  # may use history, rewind, cancel, audit
     update_budget_per_minute: int = 45  # chat.update is Tier 3 (~50/min per workspace)
+    review_channel: str | None = None  # CHATOPS_REVIEW_CHANNEL: where cards of DM requests (or all) are posted
+    review_all: bool = False  # CHATOPS_REVIEW_ALL: every request's card goes to the review channel
     host: str = "0.0.0.0"  # HOST: the HTTP listener's address (/slack/events, /healthz)
     log_level: str = "INFO"  # LOG_LEVEL: DEBUG, INFO, WARNING or ERROR
     core: CoreSettings = field(default_factory=CoreSettings)  # the model, Redis, tools and the approval policy
@@ -82,6 +85,15 @@ class BotSettings:
         log_level = (env.get("LOG_LEVEL") or "INFO").upper()
         if log_level not in LOG_LEVELS:
             raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {env.get('LOG_LEVEL')!r}")
+        review_channel = (env.get("CHATOPS_REVIEW_CHANNEL") or "").strip() or None
+        if review_channel and not re.fullmatch(r"[CG][A-Z0-9]{2,}", review_channel):
+            raise ConfigError(
+                "CHATOPS_REVIEW_CHANNEL is a channel ID (C… or G…, from the channel's details), never a name; "
+                f"got {review_channel!r}"
+            )
+        review_all = _flag(env.get("CHATOPS_REVIEW_ALL"), "CHATOPS_REVIEW_ALL", False)
+        if review_all and not review_channel:
+            raise ConfigError("CHATOPS_REVIEW_ALL needs CHATOPS_REVIEW_CHANNEL: the channel every card goes to")
         return cls(
             bot_token=bot_token,
             signing_secret=signing_secret,
@@ -92,6 +104,8 @@ class BotSettings:
             update_budget_per_minute=int(raw_budget),
             admins=_ids(env.get("CHATOPS_ADMINS"), "CHATOPS_ADMINS"),
             allow_self_approval=_flag(env.get("CHATOPS_ALLOW_SELF_APPROVAL"), "CHATOPS_ALLOW_SELF_APPROVAL", False),
+            review_channel=review_channel,
+            review_all=review_all,
             host=env.get("HOST") or "0.0.0.0",
             log_level=log_level,
             core=CoreSettings.from_env(env),

@@ -24,6 +24,8 @@ from .errors import MalformedCard, Refused
 log = logging.getLogger(__name__)
 
 POST_ATTEMPTS = 4
+# What Slack answers for a message that is not there (deleted, or a workspace that was reset, like the sandbox's).
+GONE_ERRORS = frozenset({"channel_not_found", "message_not_found", "thread_not_found", "is_archived"})
 NOT_RECORDED = "I could not record that: my storage is not answering. Nothing was changed; try again in a minute."
 # What slack-sdk raises when Slack cannot be reached at all (as opposed to Slack answering with an error).
 UNREACHABLE = (OSError, asyncio.TimeoutError, aiohttp.ClientError)
@@ -158,9 +160,16 @@ class SlackIO:
 
     async def permalink(self, channel: str | None, ts: str | None) -> str | None:
         """A link to a message, or None (a missing link is never worth failing an answer for)."""
+        return (await self.locate(channel, ts))[0]
+
+    async def locate(self, channel: str | None, ts: str | None) -> tuple[str | None, bool]:
+        """(a link to a message or None, whether Slack says the message or its channel is gone). Gone is only
+        what Slack answers so: an unreachable Slack or a missing scope is not taken for a deleted thread."""
         if not channel or not ts:
-            return None
+            return None, False
         try:
-            return (await self.client.chat_getPermalink(channel=channel, message_ts=ts)).get("permalink")
-        except (SlackApiError, *UNREACHABLE):
-            return None
+            return (await self.client.chat_getPermalink(channel=channel, message_ts=ts)).get("permalink"), False
+        except SlackApiError as exc:
+            return None, exc.response.get("error") in GONE_ERRORS
+        except UNREACHABLE:
+            return None, False

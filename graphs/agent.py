@@ -37,7 +37,7 @@ from .policy import Policy
 from .redaction import Redactor
 from .review import build_request, check_response, rejection_text
 from .tools import ASSESS_TIMEOUT_S, CURRENT_CALL, CallContext, ToolRegistry
-from .types import Assessment, strictest
+from .types import Assessment, Outcome, strictest
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,8 @@ class AgentState(TypedDict, total=False):
     # One record per review step: what policy and the human decided for each proposed call.
     reviews: Annotated[list[dict[str, Any]], operator.add]
     report: str
-    outcome: str  # "", "done", "cancelled", "expired"
+    outcome: str  # "" while working, then an Outcome: done, nothing, failed, rejected, stopped, cancelled, expired
+    detail: str  # why it ended so, in a line (which calls failed, or why nothing ran)
 
 
 # The compiled agent: its state, no run-time context, and the same state as input and output.
@@ -139,6 +140,7 @@ def build_graph(
                 outcomes[call_id(call)] = outcome
         runs_now = any(o["type"] == "approve" for o in outcomes.values())
         decided_by = None
+        end = False
         if ask and not runs_now:
             request = build_request(ask, registry, policy, assessments)
             answer = interrupt(request)
@@ -149,6 +151,8 @@ def build_graph(
                 except InvalidDecision as exc:  # re-ask the same review, saying what was wrong
                     answer = interrupt({**request, "error": str(exc)})
             decided_by = answer.get("decided_by")
+            # "Reject" on a card ends the task unless the approver let the agent try another way.
+            end = bool(answer.get("end")) and all(d["type"] == "reject" for d in decisions)
             for call, decision in zip(ask, decisions, strict=True):  # one decision per call asked about
                 outcomes[call_id(call)] = {"mode": "ask", **decision}
         # else: read-only calls run first, so people see their results while they decide the rest;
@@ -187,6 +191,7 @@ def build_graph(
             "decided_by": decided_by,
             "at": time.time(),
             "calls": record_calls,
+            "end": end,
         }
         return {"messages": [reviewed_ai, *rejections], "reviews": [record]}
 
@@ -238,16 +243,27 @@ def build_graph(
         return {"messages": results}
 
     def report(state: AgentState) -> dict[str, Any]:
+        ended = bool(state.get("reviews")) and state["reviews"][-1].get("end", False) and _ends_here(state)
         ai = last_ai_message(state["messages"])
-        return {"report": message_text(ai) if ai else "", "outcome": "done"}
+        outcome, detail = task_outcome(state["messages"], state.get("reviews") or [])
+        if ended:  # the approver rejected the work and ended the task (read-only calls may have run before)
+            last = state["reviews"][-1]["calls"]
+            outcome = "rejected"
+            detail = "; ".join(f"{c['name']}: rejected" for c in last if c["decision"] == "reject")
+        if outcome == "nothing":
+            detail = "What I can do: " + "; ".join(f"{t.name} ({_first_sentence(t.description)})" for t in registry)
+        # A task ended by a rejection never asked the model again: its last words are a plan, not a report.
+        return {"report": "" if ended or ai is None else message_text(ai), "outcome": outcome, "detail": detail}
 
     def after_planner(state: AgentState) -> str:
         ai = last_ai_message(state["messages"])
         return "review" if ai is not None and ai.tool_calls else "report"
 
     def after_review(state: AgentState) -> str:
-        decided = state["reviews"][-1]["calls"]
-        return "execute" if any(c["decision"] != "reject" for c in decided) else "planner"
+        review = state["reviews"][-1]
+        if any(c["decision"] != "reject" for c in review["calls"]):
+            return "execute"
+        return "report" if review.get("end") else "planner"
 
     def after_execute(state: AgentState) -> str:
         ai = last_ai_message(state["messages"])
@@ -260,10 +276,52 @@ def build_graph(
     graph.add_node("report", report)
     graph.add_edge(START, "planner")
     graph.add_conditional_edges("planner", after_planner, ["review", "report"])
-    graph.add_conditional_edges("review", after_review, ["execute", "planner"])
+    graph.add_conditional_edges("review", after_review, ["execute", "planner", "report"])
     graph.add_conditional_edges("execute", after_execute, ["review", "planner"])
     graph.add_edge("report", END)
     return graph.compile(checkpointer=checkpointer)
+
+
+def _current_task(messages: Sequence[AnyMessage]) -> list[AnyMessage]:
+    """The messages of the task being worked on: everything after the last person's message."""
+    for n in range(len(messages) - 1, -1, -1):
+        if isinstance(messages[n], HumanMessage):
+            return list(messages[n + 1 :])
+    return list(messages)
+
+
+def _ends_here(state: AgentState) -> bool:
+    """Whether the last review belongs to the current task (a follow-up task starts with no review of its own)."""
+    last = state["reviews"][-1]
+    ids = {c["tool_call_id"] for c in last["calls"]}
+    return any(isinstance(m, ToolMessage) and m.tool_call_id in ids for m in _current_task(state["messages"]))
+
+
+def task_outcome(messages: Sequence[AnyMessage], reviews: Sequence[Mapping[str, Any]]) -> tuple[Outcome, str]:
+    """How the current task ended, and why in a line: done (a call ran and none failed), failed (a call that ran
+    failed: which), rejected (calls were proposed, none ran), nothing (no call was proposed at all)."""
+    results = [m for m in _current_task(messages) if isinstance(m, ToolMessage)]
+    allowed = {c["tool_call_id"] for r in reviews for c in r["calls"] if c["decision"] != "reject"}
+    ran = [m for m in results if m.tool_call_id in allowed]
+    failed = [m for m in ran if m.status == "error"]
+    if failed:
+        return "failed", "; ".join(f"{m.name}: {_first_line(m)}" for m in failed)
+    if ran:
+        return "done", ""
+    if results:
+        return "rejected", "; ".join(f"{m.name}: {_first_line(m)}" for m in results)
+    return "nothing", ""
+
+
+def _first_sentence(text: str) -> str:
+    sentence = text.split(". ")[0].split("; ")[0].strip().rstrip(".")
+    return sentence[:120]
+
+
+def _first_line(message: ToolMessage) -> str:
+    lines = [line for line in message_text(message).splitlines() if line.strip()]
+    first = lines[0].removeprefix(f"{message.name} failed: ") if lines else "(no output)"
+    return first[:300]
 
 
 def _unanswered(messages: list[AnyMessage], ai: AIMessage) -> list[ToolCall]:

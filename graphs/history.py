@@ -11,9 +11,18 @@ from .agent import last_ai_message, message_text
 from .tools import summarize_args
 from .types import CheckpointInfo
 
+# What the graph does next at a checkpoint, in the words of someone who never saw the graph.
+STAGES = {
+    "__start__": "starting",
+    "planner": "asking the model",
+    "review": "reviewing the proposed calls",
+    "execute": "running the allowed calls",
+    "report": "writing the answer",
+}
+
 
 def describe(snapshot: StateSnapshot) -> CheckpointInfo:
-    """The checkpoint as a history line: where the run stood there and what happened just before."""
+    """The checkpoint as a history line: where the run stood there and what happened just before, in one line."""
     values = snapshot.values or {}
     messages = values.get("messages", [])
     metadata: dict[str, Any] = dict(snapshot.metadata or {})
@@ -21,44 +30,78 @@ def describe(snapshot: StateSnapshot) -> CheckpointInfo:
     nxt = tuple(snapshot.next)
     ai = last_ai_message(messages)
     results = [m for m in messages[messages.index(ai) + 1 :] if isinstance(m, ToolMessage)] if ai else []
-    ran = ", ".join(f"{m.name} {'failed' if m.status == 'error' else 'ok'}" for m in results)
     last_review = values.get("reviews", [])[-1:] or [None]
+    rejected = {c["tool_call_id"] for c in (last_review[0] or {}).get("calls", []) if c["decision"] == "reject"}
+    ran = ", ".join(
+        f"{m.name} {'rejected' if m.tool_call_id in rejected else 'failed' if m.status == 'error' else 'ok'}"
+        for m in results
+    )
+    decided_by: tuple[str, ...] = ()
     if metadata.get("source") == "input" or not messages:
         summary = "task received"
     elif nxt == ("review",) and ai is not None:
         if results:
             waiting = [c["name"] for c in ai.tool_calls if c["id"] not in {m.tool_call_id for m in results}]
-            summary = f"tools finished: {ran}; still to review: {', '.join(waiting)}"
+            summary = f"read-only calls finished ({ran}); still to review: {', '.join(waiting)}"
         else:
             proposed = ", ".join(f"{c['name']}({summarize_args(c['args'], 60)})" for c in ai.tool_calls)
-            summary = f"model proposed: {proposed}"
-        if snapshot.interrupts:
-            summary += " (asked for review)"
-    elif nxt == ("execute",) and last_review[0]:
-        summary = "review: " + _decisions_line(last_review[0])
+            summary = f"the model proposed {proposed}"
+    elif (
+        nxt in (("execute",), ("planner",), ("report",))
+        and last_review[0]
+        and _just_reviewed(messages, ai, last_review[0])
+    ):
+        summary, decided_by = "decided: " + _decisions_line(last_review[0]), _people(last_review[0])
     elif nxt == ("planner",) and isinstance(messages[-1], HumanMessage):
-        summary = f"task: {message_text(messages[-1])[:120]}"
-    elif nxt == ("planner",) and last_review[0] and all(c["decision"] == "reject" for c in last_review[0]["calls"]):
-        summary = "review: " + _decisions_line(last_review[0])
+        summary = f"task: {message_text(messages[-1])}"
     elif nxt == ("planner",):
-        summary = f"tools finished: {ran}" if ran else "back to the model"
+        summary = f"calls finished: {ran}" if ran else "back to the model"
     elif nxt == ("report",) and ai is not None:
-        summary = f"model answered: {message_text(ai)[:120]}"
+        summary = f"the model answered: {message_text(ai)}"
     elif not nxt:
         outcome = values.get("outcome") or "done"
-        summary = f"{outcome}: {str(values.get('report', ''))[:120]}"
+        detail = values.get("report") or values.get("detail") or ""
+        summary = f"ended, {outcome}" + (f": {detail}" if detail else "")
     else:
-        summary = f"next: {', '.join(nxt)}"
+        summary = "next: " + ", ".join(STAGES.get(n, n) for n in nxt)
+    if nxt == ("review",) and snapshot.interrupts:
+        stage = "waiting for approval"
+    elif not nxt:
+        stage = "ended"
+    else:
+        stage = ", ".join(STAGES.get(n, n) for n in nxt)
     parent = (snapshot.parent_config or {}).get("configurable", {}).get("checkpoint_id")
     return CheckpointInfo(
         checkpoint_id=snapshot.config["configurable"]["checkpoint_id"],
         step=step,
         next=nxt,
         created_at=snapshot.created_at or "",
-        summary=summary,
+        summary=" ".join(summary.split()),  # one line: a task or an answer of several lines stays one bullet
         parent_id=parent,
         metadata={"source": metadata.get("source", "")},
+        decided_by=decided_by,
+        stage=stage,
     )
+
+
+def _just_reviewed(messages: list[Any], ai: Any, review: dict[str, Any] | None) -> bool:
+    """Whether the last thing that happened is ``review``: it reviewed the last model message's calls, and none of
+    the calls it allowed has run yet."""
+    if (
+        ai is None
+        or review is None
+        or not {c["id"] for c in ai.tool_calls} & {c["tool_call_id"] for c in review["calls"]}
+    ):
+        return False
+    allowed = {c["tool_call_id"] for c in review["calls"] if c["decision"] != "reject"}
+    after = messages[messages.index(ai) + 1 :]
+    return not any(isinstance(m, ToolMessage) and m.tool_call_id in allowed for m in after)
+
+
+def _people(review: dict[str, Any]) -> tuple[str, ...]:
+    if not any(c["mode"] == "ask" for c in review["calls"]):
+        return ()
+    return tuple(p for p in str(review.get("decided_by") or "").split(",") if p)
 
 
 def close_open_calls(snapshot: StateSnapshot, reason: str) -> list[ToolMessage]:
@@ -77,8 +120,5 @@ def close_open_calls(snapshot: StateSnapshot, reason: str) -> list[ToolMessage]:
 
 
 def _decisions_line(review: dict[str, Any]) -> str:
-    parts = []
-    for call in review["calls"]:
-        who = f" by {review['decided_by']}" if review.get("decided_by") and call["mode"] == "ask" else ""
-        parts.append(f"{call['name']} {call['decision']}{'d' if call['decision'].endswith('e') else 'ed'}{who}")
-    return ", ".join(parts)
+    words = {"approve": "approved", "edit": "edited and approved", "reject": "rejected"}
+    return ", ".join(f"{call['name']} {words.get(call['decision'], call['decision'])}" for call in review["calls"])

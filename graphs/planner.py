@@ -117,10 +117,16 @@ def _summary(results: list[ToolMessage]) -> str:
     for message in results:
         output = [line.rstrip() for line in str(message.content).strip().splitlines() if line.strip()]
         first = output[0] if output else "(no output)"
-        mark = "ok" if message.status != "error" else "failed"
-        lines.append(f"- {message.name}: {mark}: {first}")
+        if message.status != "error":
+            lines.append(f"- {message.name}: ok: {first}")
+        elif first.startswith("Rejected"):  # our own rejection text: who is on the progress message already
+            reason = first.partition(" Reason: ")[2]
+            lines.append(f"- {message.name}: rejected" + (f" ({reason})" if reason else ""))
+            continue
+        else:
+            lines.append(f"- {message.name}: failed: {first.removeprefix(f'{message.name} failed: ')}")
         details = [line for line in output[1:] if not line.startswith("==")][:3]
-        lines += [f"    {line}" for line in details]
+        lines += [f"↳ {line}" for line in details]
     return "\n".join(lines)
 
 

@@ -18,10 +18,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, cast, get_args
 
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage
 from langchain_core.runnables import RunnableConfig
+from langgraph.errors import GraphRecursionError
 from langgraph.types import Command, StreamMode
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -48,6 +49,7 @@ from .types import (
     Decision,
     Failed,
     Finished,
+    Outcome,
     PendingReview,
     ReviewDecided,
     ReviewRequested,
@@ -126,6 +128,7 @@ class Runs:
         decisions: list[Decision],
         *,
         decided_by: str | None = None,
+        end: bool = False,
         on_event: OnEvent | None = None,
         wait_s: float = 0.0,
     ) -> RunResult:
@@ -135,6 +138,7 @@ class Runs:
         cancelled), InvalidDecision/InvalidArguments for a bad answer (nothing runs, the review stays),
         RunBusy if another process holds the thread for longer than ``wait_s``. Waiting a little lets a
         lock left by a crashed process expire, and turns a concurrent second answer into NotPending.
+        ``end`` with every call rejected ends the task there (outcome "rejected") instead of re-planning.
         """
         async with self.locks.hold(thread_id, wait_s=wait_s):
             pending = await self._pending_from_checkpoint(thread_id)
@@ -149,6 +153,8 @@ class Runs:
             answer: dict[str, Any] = {"decisions": checked}
             if decided_by:
                 answer["decided_by"] = decided_by
+            if end:
+                answer["end"] = True
             # Marked running before the review leaves the pending index, so if this process stops right here the
             # sweeper still finds the thread (recover() puts a review that was never answered back as pending).
             await self._index.mark_running(thread_id, time.time())
@@ -352,6 +358,16 @@ class Runs:
             return RunResult(thread_id, "cancelled")
         except LockLost:
             raise  # not a failure of the run: another replica carries it on (see _drive)
+        except GraphRecursionError:
+            # A limit, not a bug: the model kept proposing work. The turn is closed so a follow-up task can start.
+            detail = (
+                f"stopped after {self._recursion_limit} steps: the model kept calling tools without finishing; "
+                "ask again with a narrower task"
+            )
+            await self._end(thread_id, "stopped", detail, "the run was stopped before this call ran")
+            await self._index.update(thread_id, error=detail)
+            await emit(Finished(thread_id, "", "stopped", detail))
+            return RunResult(thread_id, "stopped", error=detail)
         except Exception as exc:  # a failed run is reported, not raised into the chat surface
             log.exception("run of thread %s failed", thread_id)
             error = self._redact(f"{exc.__class__.__name__}: {exc}")
@@ -443,9 +459,12 @@ class Runs:
             return RunResult(thread_id, "waiting", pending=pending)
         snapshot = await self.graph.aget_state(self._config(thread_id))
         report = snapshot.values.get("report", "")
-        await self._index.update(thread_id, status="done", report=report[:4000])
-        await emit(Finished(thread_id, report))
-        return RunResult(thread_id, "done", report=report)
+        raw = snapshot.values.get("outcome")
+        outcome = cast(Outcome, raw) if raw in get_args(Outcome) else "done"
+        detail = snapshot.values.get("detail", "")
+        await self._index.update(thread_id, status=outcome, report=report[:4000], error=detail[:2000])
+        await emit(Finished(thread_id, report, outcome, detail))
+        return RunResult(thread_id, outcome, report=report, error=detail)
 
     async def _pending_from_checkpoint(self, thread_id: str) -> PendingReview | None:
         """The review the thread's checkpoint waits for (the source of truth), with its task and requester."""

@@ -11,7 +11,7 @@ from langgraph.checkpoint.redis.aio import AsyncRedisSaver
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from .agent import build_graph
+from .agent import SYSTEM_PROMPT, build_graph
 from .builtin_tools import BUNDLED_RUNBOOKS, PostMessage, build_registry
 from .embedded_redis import EmbeddedRedis
 from .ledger import RedisLedger
@@ -70,8 +70,10 @@ async def open_runtime(
         log.info("started embedded Redis on %s (data in %s)", redis_url, settings.data_dir / "redis")
     # Bounded: a Redis that stops answering fails a call in seconds instead of hanging a click forever.
     redis = Redis.from_url(redis_url, decode_responses=True, socket_timeout=10, socket_connect_timeout=5)
-    saver = await open_saver(redis_url, settings.ttl_minutes)
+    saver = None
     try:
+        # Inside the try: a cancel or failure while the saver opens still stops what was started above.
+        saver = await open_saver(redis_url, settings.ttl_minutes)
         runbooks = settings.runbooks_dir or BUNDLED_RUNBOOKS
         registry = build_registry(
             runbooks,
@@ -91,11 +93,20 @@ async def open_runtime(
             checkpointer=saver,
             ledger=RedisLedger(redis, prefix=settings.keys.ledger_prefix, ttl_s=ttl_s),
             redactor=redactor,
+            system_prompt=system_prompt(settings),
         )
         runs = Runs(graph, registry, policy, redis, prefix=settings.key_prefix, ttl_s=ttl_s, redact=redactor)
         yield Runtime(settings, runs, redis, redis_url, embedded)
     finally:
-        await saver.__aexit__(None, None, None)
+        if saver is not None:
+            await saver.__aexit__(None, None, None)
         await redis.aclose()
         if embedded is not None:
             embedded.stop()
+
+
+def system_prompt(settings: CoreSettings) -> str:
+    """The model's instructions, with what the deployment tells it ("the API" is CHATOPS_HEALTH_URL)."""
+    if not settings.health_url:
+        return SYSTEM_PROMPT
+    return f'{SYSTEM_PROMPT}\nWhen asked to check "the API" without a URL, check {settings.health_url}.'

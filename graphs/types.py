@@ -13,7 +13,13 @@ from typing import Any, Literal, NotRequired, TypedDict
 
 ToolMode = Literal["auto", "ask", "deny"]
 DecisionType = Literal["approve", "edit", "reject"]
-RunStatus = Literal["idle", "running", "waiting", "done", "failed", "cancelled", "expired"]
+# How a task ended, in the user's terms: done (something ran and the model answered), nothing (no tool was
+# called: nothing matched), failed (a tool or the model failed), rejected (every call was rejected or not allowed,
+# so nothing ran), stopped (a limit ended it), cancelled, expired.
+Outcome = Literal["done", "nothing", "failed", "rejected", "stopped", "cancelled", "expired"]
+RunStatus = Literal[
+    "idle", "running", "waiting", "done", "nothing", "failed", "rejected", "stopped", "cancelled", "expired"
+]
 
 
 class ActionRequest(TypedDict):
@@ -52,6 +58,8 @@ class Decision(TypedDict):
 class ReviewResponse(TypedDict):
     decisions: list[Decision]
     decided_by: NotRequired[str]
+    # True with every call rejected: end the task there (outcome "rejected") instead of letting the model re-plan.
+    end: NotRequired[bool]
 
 
 MODE_ORDER: dict[ToolMode, int] = {"auto": 0, "ask": 1, "deny": 2}
@@ -150,7 +158,9 @@ class ReviewDecided(RunEvent):
 
 @dataclass(frozen=True)
 class Finished(RunEvent):
-    report: str
+    report: str  # the model's last answer ("" when the task ended without asking it)
+    outcome: Outcome = "done"
+    detail: str = ""  # what decided the outcome, e.g. which calls failed, or why nothing ran
 
 
 @dataclass(frozen=True)
@@ -190,6 +200,8 @@ class CheckpointInfo:
     step: int
     next: tuple[str, ...]
     created_at: str
-    summary: str
+    summary: str  # one line, in the user's words: where the run stood and what happened just before
     parent_id: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    decided_by: tuple[str, ...] = ()  # who decided the review this checkpoint records (user IDs), if any
+    stage: str = ""  # what comes next, in words: "waiting for approval", "running the approved calls", "ended"…

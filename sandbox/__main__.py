@@ -2,7 +2,9 @@
 
 Starts an embedded Redis (data kept in CHATOPS_DATA_DIR, default .chatops-data), the real bot in HTTP mode
 (`python -m bot`), and the local Slack with its web UI on 127.0.0.1; prints the URL; Ctrl-C stops them all.
-With no OPENAI_API_KEY / OPENAI_BASE_URL / CHATOPS_MODEL set, the bot's offline planner plans.
+With no OPENAI_API_KEY / OPENAI_BASE_URL / CHATOPS_MODEL set, the bot's offline planner plans. The local Slack also
+serves `GET /health`, the API that "check the API" checks (sandbox/health.py), unless CHATOPS_HEALTH_URL names another.
+While it runs it holds `<data dir>/sandbox.lock`, so a second sandbox or `make reset` on that data dir is refused.
 """
 
 from __future__ import annotations
@@ -17,9 +19,13 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 
+from aiohttp import web
+
 from graphs.embedded_redis import EmbeddedRedis
 from graphs.errors import ChatOpsError
 from graphs.settings import DEFAULT_MODEL
+from sandbox.datadir import DataDirLock
+from sandbox.health import health_env, health_label, health_routes, health_url
 from sandbox.processes import BotProcess
 from sandbox.slack import LocalSlack
 from sandbox.web import Persona, UiConfig, ui_routes
@@ -38,8 +44,10 @@ PASSED_THROUGH = (
     "CHATOPS_EXPIRES_AFTER",
     "CHATOPS_HTTP_ALLOW",
     "CHATOPS_RUNBOOK_ENV",
+    "CHATOPS_REVIEW_ALL",
     "LOG_LEVEL",
 )
+REVIEW_CHANNEL = "approvals"  # the sandbox's CHATOPS_REVIEW_CHANNEL, unless one is set
 # Alice asks and administers, Bob approves, Carol may not approve: enough people to try every permission rule.
 APPROVERS = "U0ALICE U0BOB"
 ADMINS = "U0ALICE"
@@ -61,6 +69,9 @@ def bot_env(env: Mapping[str, str], slack: LocalSlack, redis_url: str) -> dict[s
     passed = {name: env[name] for name in PASSED_THROUGH if env.get(name)}
     return {
         **passed,
+        **health_env(env, health_url(slack.url)),
+        # Cards of DM requests go where the approvers are (the requester alone sees a DM).
+        "CHATOPS_REVIEW_CHANNEL": env.get("CHATOPS_REVIEW_CHANNEL") or slack.add_channel(REVIEW_CHANNEL),
         "SLACK_BOT_TOKEN": slack.bot_token,
         "SLACK_SIGNING_SECRET": slack.signing_secret,
         "SLACK_API_URL": slack.api_url,
@@ -72,13 +83,20 @@ def bot_env(env: Mapping[str, str], slack: LocalSlack, redis_url: str) -> dict[s
 
 def start_slack(port: int | None, label: str) -> LocalSlack:
     """The local Slack on `port`; with no port asked for, 8765 if free, else any free port."""
-    routes = ui_routes(
+    ui = ui_routes(
         UiConfig(
             model_label=label,
             personas=PERSONAS,
-            notes=("Approvers: Alice and Bob (CHATOPS_APPROVERS); nobody approves their own run. Admin: Alice.",),
+            notes=(
+                "Approvers: Alice and Bob (CHATOPS_APPROVERS); nobody approves their own run. Admin: Alice.",
+                f"Cards of requests made in a DM go to #{REVIEW_CHANNEL} (CHATOPS_REVIEW_CHANNEL).",
+            ),
         )
     )
+
+    def routes(slack: LocalSlack) -> list[web.AbstractRouteDef]:
+        return [*ui(slack), *health_routes()]
+
     # A fresh signing secret per start: nothing but this process's bot can sign for it.
     secret = secrets.token_hex(16)
     for candidate in [port] if port is not None else [DEFAULT_PORT, 0]:
@@ -142,9 +160,13 @@ def main(argv: list[str] | None = None) -> int:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             print(f"sandbox: starting Redis (data in {args.data_dir}), the local Slack and the bot…", flush=True)
-            # The port first: a busy --port fails at once. Stopped in reverse: the bot, then Redis, then the UI.
+            # The data dir first: one sandbox per data dir (two Redis servers on one append-only file would ruin it).
+            lock = DataDirLock(args.data_dir).acquire("starting")
+            cleanup.callback(lock.release)
+            # The port next: a busy --port fails at once. Stopped in reverse: the bot, then Redis, then the UI.
             slack = start_slack(args.port, label)
             cleanup.callback(slack.stop)
+            lock.note(slack.url)
             redis = EmbeddedRedis(args.data_dir / "redis").start()
             cleanup.callback(redis.stop)
             if not stop.is_set():
@@ -164,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
             f"\nThe chat-ops sandbox is running: open {slack.url} in your browser.\n"
             f"  model:     {label}\n"
             f"  people:    Alice (requester, admin), Bob (approver), Carol (not an approver): switch at the top\n"
+            f"  health:    {health_label(env, health_url(slack.url))}\n"
+            f"  approvals: cards of DM requests go to "
+            f"{env.get('CHATOPS_REVIEW_CHANNEL') or '#' + REVIEW_CHANNEL} (CHATOPS_REVIEW_CHANNEL)\n"
             f"  data:      {args.data_dir}/ (Redis on {redis.url}); bot log: {bot.log_path}\n"
             f"Press Ctrl-C to stop everything.\n",
             flush=True,

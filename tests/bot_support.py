@@ -38,6 +38,16 @@ def start_bot(slack: LocalSlack, env: dict[str, str], log_path: Path) -> BotProc
     return bot
 
 
+def propose(model: Any, *calls: dict[str, Any], after: str = "Done as approved.") -> None:
+    """The model proposes ``calls`` for any request, then reports ``after``."""
+    model.reset(
+        [
+            rule({"tool_calls": list(calls)}, has_tool_results=False),
+            rule({"text": after}, has_tool_results=True),
+        ]
+    )
+
+
 def script_three_calls(model: Any) -> None:
     """The model proposes a runbook, a recording runbook and a post; then reports."""
     model.reset(
@@ -117,12 +127,13 @@ def card_value(card: dict[str, Any]) -> str:
     )
 
 
-def checkbox_block(card: dict[str, Any]) -> tuple[str, str]:
+def checkbox_block(card: dict[str, Any], value: str) -> tuple[str, str]:
+    """(block id, action id) of the card's checkbox for the call ``value`` ("0" is the first call)."""
     for block in card["blocks"]:
         for element in block.get("elements") or []:
-            if element.get("type") == "checkboxes":
+            if element.get("type") == "checkboxes" and any(o["value"] == value for o in element["options"]):
                 return block["block_id"], element["action_id"]
-    raise AssertionError("the card has no checkboxes")
+    raise AssertionError(f"the card has no checkbox for call {value}")
 
 
 async def mention(slack: LocalSlack, text: str, user: str = REQUESTER, channel: str = OPS) -> Thread:

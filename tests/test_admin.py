@@ -99,10 +99,14 @@ async def test_history_of_a_run_by_id_or_thread_link(slack, start, model):
 
     by_id = await chatops(slack, ADMIN, f"history {run_id}")
     lines = by_id.splitlines()
-    assert lines[0].startswith(f"*History of run `{run_id}`*")
-    assert "done: Finished: disk usage is 42%." in lines[1]
-    assert any("model proposed: run_runbook(name=disk-usage)" in line for line in lines)
-    assert any(f"review: run_runbook approved by {APPROVER}" in line for line in lines)
+    assert lines[0].startswith(f"*History of run* `{run_id}`")
+    assert "ended, done: Finished: disk usage is 42%." in lines[1]
+    assert any("the model proposed run_runbook(name=disk-usage)" in line for line in lines)
+    assert any(
+        "decided: run_runbook approved, run_runbook approved, post_message approved" in line
+        and line.endswith(f"— by <@{APPROVER}>")
+        for line in lines
+    )
     link = f"<http://127.0.0.1:{slack.port}/archives/{OPS}/p{thread.ts.replace('.', '')}>"
     assert await chatops(slack, ADMIN, f"history {link}") == by_id
 
@@ -206,7 +210,7 @@ async def test_one_rejection_vetoes_a_card_that_needs_two(slack, start, model, r
     await slack.wait_for(lambda: slack.views(OTHER, open_only=True), timeout=10)
     view = slack.views(OTHER, open_only=True)[-1]["view"]
     await slack.submit_view(OTHER, view["id"], {"reason": {"reason": "not on a Friday"}})
-    await thread.wait_progress("Done")
+    await thread.wait_progress("Nothing ran: every call was rejected")
     assert runbooks.executions() == []
     entries = audit_export(env, run_id_of(card))
     assert [e["action"] for e in entries] == ["approval", "rejected", "rejected", "rejected"]
@@ -223,9 +227,8 @@ async def test_self_approval_follows_the_policy(slack, start, model, runbooks, t
     await slack.click_button(REQUESTER, OPS, card["ts"], "approve")  # everything ticked: the runbooks too
     await slack.wait_for(lambda: slack.ephemerals(REQUESTER), timeout=10)
     assert "someone else has to approve `run_runbook`" in slack.ephemerals(REQUESTER)[-1]["text"]
-    block_id, action_id = checkbox_block(card)
     for value in ("0", "1"):
-        await slack.toggle_checkbox(REQUESTER, OPS, card["ts"], block_id, action_id, value, checked=False)
+        await slack.toggle_checkbox(REQUESTER, OPS, card["ts"], *checkbox_block(card, value), value, checked=False)
     await slack.click_button(REQUESTER, OPS, card["ts"], "approve")  # only the post: allowed for oneself
     await thread.wait_progress("Done")
     assert runbooks.executions() == []

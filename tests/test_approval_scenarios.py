@@ -217,7 +217,8 @@ async def test_a_tool_that_times_out_is_reported(redis_url, model, runbooks, thr
     async with open_runtime(settings_for(redis_url, model, runbooks, runbook_timeout_s=1.0)) as rt:
         paused = await rt.runs.start(thread_id, "run the sleepy runbook")
         done = await rt.runs.resume(thread_id, paused.pending.interrupt_id, [approve()], on_event=events)
-    assert done.status == "done"
+    assert done.status == "failed" and done.error == "run_runbook: runbook sleepy.sh timed out after 1s and was stopped"
+    assert done.report == "The runbook timed out; nothing else to do."  # the model's answer is still shown
     finished = events.of(ToolFinished)[0]
     assert not finished.ok and "timed out after 1s" in finished.output
     assert finished.duration_s < 5
@@ -242,7 +243,8 @@ async def test_failing_tools_are_reported_to_the_model(runtime, model, health_ur
     events = Recorder()
     paused = await runtime.runs.start(thread_id, "check and fix", on_event=events)
     done = await runtime.runs.resume(thread_id, paused.pending.interrupt_id, [approve(), approve()], on_event=events)
-    assert done.status == "done"
+    assert done.status == "failed"
+    assert [part.split(":")[0] for part in done.error.split("; ")] == ["http_check", "run_runbook", "run_runbook"]
     outputs = {e.tool_call_id: e for e in events.of(ToolFinished)}
     texts = [e.output for e in outputs.values()]
     assert all(not e.ok for e in outputs.values())
@@ -261,13 +263,17 @@ async def test_history_lists_the_checkpoints_newest_first(runtime, model, health
     steps = [c.step for c in history]
     assert steps == sorted(steps, reverse=True) and steps[-1] == -1
     summaries = [c.summary for c in history]
-    assert summaries[0].startswith("done: All done")
-    assert any(s.startswith("model proposed: http_check") for s in summaries)
+    assert summaries[0].startswith("ended, done: All done")
+    assert any(s.startswith("the model proposed http_check") for s in summaries)
     # The read-only check ran before the pause; the human decided the rest.
-    assert "review: http_check approved" in summaries
-    assert "review: run_runbook approved by U_BOSS, post_message rejected by U_BOSS" in summaries
-    assert "tools finished: http_check ok; still to review: run_runbook, post_message (asked for review)" in summaries
-    assert "tools finished: http_check ok, post_message failed, run_runbook ok" in summaries, summaries
+    assert "decided: http_check approved" in summaries
+    decided = next(c for c in history if c.summary == "decided: run_runbook approved, post_message rejected")
+    assert decided.decided_by == ("U_BOSS",) and decided.stage == "running the allowed calls"
+    assert "read-only calls finished (http_check ok); still to review: run_runbook, post_message" in summaries
+    waiting = next(c for c in history if c.summary.startswith("read-only calls finished"))
+    assert waiting.stage == "waiting for approval"
+    assert "calls finished: http_check ok, post_message rejected, run_runbook ok" in summaries, summaries
+    assert all("\n" not in c.summary and "__" not in c.stage for c in history)
     assert len({c.checkpoint_id for c in history}) == len(history)
 
 
@@ -359,3 +365,62 @@ async def test_more_calls_than_one_card_can_show_are_refused_and_the_model_is_to
     assert done.status == "done" and [text for _, text in outbox.posts] == asked
     told = [m["content"] for m in model.requests[-1]["messages"] if m["role"] == "tool"]
     assert sum("at most 20 calls can be reviewed at a time" in t for t in told) == 3
+
+
+async def test_a_model_that_never_stops_calling_tools_is_stopped_and_the_thread_takes_a_new_task(
+    runtime, model, health_url, thread_id
+):
+    from graphs.runs import Runs
+
+    model.reset(
+        [
+            rule({"text": "All good."}, last_user_contains="anything else"),
+            rule({"tool_calls": [{"name": "http_check", "args": {"url": f"{health_url}/health"}}]}),
+        ]
+    )
+    limited = Runs(
+        runtime.runs.graph,
+        runtime.runs.registry,
+        runtime.runs.policy,
+        runtime.redis,
+        prefix=runtime.settings.key_prefix,
+        recursion_limit=7,
+    )
+    events = Recorder()
+    result = await limited.start(thread_id, "check the API until it is perfect", on_event=events)
+    assert result.status == "stopped"
+    assert "the model kept calling tools without finishing" in result.error
+    finished = events.of(Finished)[-1]
+    assert finished.outcome == "stopped" and "narrower task" in finished.detail
+    assert (await limited.info(thread_id))["status"] == "stopped"
+    # The turn is closed: a follow-up task in the same thread runs, with a well-formed conversation.
+    again = await limited.start(thread_id, "anything else?")
+    assert again.status == "nothing" and again.report == "All good."
+
+
+async def test_outcomes_say_what_really_happened(runtime, model, health_url, thread_id):
+    model.reset([rule({"text": "No tool restarts services."})])
+    nothing = await runtime.runs.start(thread_id, "restart the web service")
+    assert nothing.status == "nothing" and nothing.error.startswith("What I can do: ")
+    assert "http_check (Check" in nothing.error and "run_runbook (" in nothing.error
+
+    model.reset(
+        [
+            rule(
+                {"tool_calls": [{"name": "http_check", "args": {"url": f"{health_url}/missing"}}]},
+                has_tool_results=False,
+            ),
+            rule({"text": "It is down."}, has_tool_results=True),
+        ]
+    )
+    failed = await runtime.runs.start(f"{thread_id}-2", "check the API")
+    assert failed.status == "failed" and failed.error.startswith("http_check: ") and "503" in failed.error
+    assert "http_check failed" not in failed.error
+
+    script_ops_task(model, health_url)
+    paused = await runtime.runs.start(f"{thread_id}-3", TASK)
+    ended = await runtime.runs.resume(f"{thread_id}-3", paused.pending.interrupt_id, [reject("no"), reject()], end=True)
+    # The health check ran (read-only) while the card waited; everything asked about was rejected and the run
+    # ended there: rejected, without asking the model again.
+    assert ended.status == "rejected" and ended.report == ""
+    assert ended.error == "run_runbook: rejected; post_message: rejected"

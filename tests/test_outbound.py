@@ -557,7 +557,7 @@ async def test_without_an_allowlist_an_internal_admin_url_is_refused_before_anyo
     async with open_runtime(settings_for(redis_url, model, runbooks)) as rt:
         result = await rt.runs.start(thread_id, "check the admin endpoint")
         assert await rt.runs.pending_review(thread_id) is None
-    assert result.status == "done" and result.pending is None
+    assert result.status == "rejected" and result.pending is None  # nothing ran: not "done"
     assert service.hits == []
     (told,) = tool_results(model)
     assert "127.0.0.1, an internal address" in told and "CHATOPS_HTTP_ALLOW" in told and "did not run" in told
@@ -603,7 +603,7 @@ async def test_a_public_target_waits_for_a_person_who_sees_its_address(redis_url
         assert any("8.8.8.8" in fact and "public" in fact for fact in action["facts"]), action
         # Nobody here may reach the internet: reject, so nothing is requested.
         done = await rt.runs.resume(thread_id, paused.pending.interrupt_id, [reject("not now")])
-    assert done.status == "done"
+    assert done.status == "rejected"
 
 
 async def test_a_host_entry_lets_localhost_health_run_without_review(redis_url, model, runbooks, service, thread_id):
@@ -636,7 +636,7 @@ async def test_in_slack_an_internal_url_is_refused_without_a_card_and_an_allowli
     bot = start_bot(slack, env, tmp_path / "bot.log")
     try:
         thread = await mention(slack, "delete the users via the admin endpoint")
-        done = all_text(await thread.wait_progress("Done"))
+        done = all_text(await thread.wait_progress("Nothing ran"))
         assert service.hits == []
         assert thread.cards() == [], "no approval card for a call that must not run"
         assert "internal" in done and "did not run" in done

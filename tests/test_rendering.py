@@ -139,8 +139,8 @@ def test_a_long_value_is_marked_shortened_with_a_way_to_see_it_whole():
     valid_message(text, blocks)
     shown = all_text({"blocks": blocks})
     assert "END" not in shown and "✂ 1,503 more characters of text not shown here" in shown
-    show = [b for b in blocks if b.get("accessory", {}).get("action_id") == "show_args_0"]
-    assert len(show) == 1 and show[0]["accessory"]["value"] == REF.value
+    show = [e for b in blocks if b["type"] == "actions" for e in b["elements"] if e["action_id"] == "show_args_0"]
+    assert len(show) == 1 and show[0]["value"] == REF.value and show[0]["text"]["text"] == "Show call 1 in full"
     view = args_modal(REF, req, 0)
     assert check_view(view) is None
     whole = "".join(
@@ -153,13 +153,12 @@ def test_twenty_calls_with_long_values_fit_slacks_limits():
     calls = [("post_message", {"channel": "#ops", "text": f"{n} " + "y" * 1200}) for n in range(20)]
     text, blocks = approval_card(REF, request(*calls), requester="U0ALICE", task="many")
     valid_message(text, blocks)
-    groups = [e for b in blocks if b["type"] == "actions" for e in b["elements"] if e["type"] == "checkboxes"]
-    assert [len(g["options"]) for g in groups] == [10, 10]
+    boxes = [(b, e) for b in blocks if b["type"] == "actions" for e in b["elements"] if e["type"] == "checkboxes"]
+    assert [len(e["options"]) for _, e in boxes] == [1] * 20  # one checkbox per call, right under its values
     assert sum(1 for b in blocks if b["type"] == "rich_text") == 21  # who asked + one per call: none left out
-    ticks = {
-        b["block_id"]: {groups[i]["action_id"]: {"selected_options": groups[i]["options"][:2]}}
-        for i, b in enumerate(b for b in blocks if b["type"] == "actions" and b["block_id"].startswith("calls_"))
-    }
+    assert len(blocks) <= 50
+    ticks = {b["block_id"]: {e["action_id"]: {"selected_options": e["options"]}} for b, e in boxes[:2] + boxes[10:12]}
+    ticks.update({b["block_id"]: {e["action_id"]: {"selected_options": []}} for b, e in boxes[2:10] + boxes[12:]})
     assert selected_indexes(ticks, REF.interrupt_id) == {0, 1, 10, 11}
     assert selected_indexes({}, REF.interrupt_id) is None  # no ticks state: the card as it was
 
@@ -180,8 +179,8 @@ def test_decided_and_closed_cards_say_what_ran_and_by_whom():
     shown = all_text({"blocks": blocks})
     assert "1. run_runbook — ✅ approved\nname: disk-usage" in shown
     assert "2. post_message — ✏️ edited, now runs with:\nchannel: #ops\ntext: bye" in shown
-    assert "3. run_runbook — ❌ rejected (not <!here>)\nname: record" in shown
-    assert "Decided by <@U0BOB>, <@U0CAROL> · 2 of 3 allowed" in shown
+    assert "3. run_runbook — ⛔ rejected (not <!here>)\nname: record" in shown
+    assert "Decided by <@U0BOB>, <@U0CAROL> · 2 of 3 calls allowed to run" in shown
     text, blocks = closed_card(REF, req, title="Approval expired", reason="Expired: nobody decided within 1h", task="t")
     valid_message(text, blocks)
     assert "1. run_runbook — did not run" in all_text({"blocks": blocks})
@@ -285,7 +284,7 @@ def test_the_progress_message_folds_events_and_shows_them_as_data():
     progress.apply(ReviewRequested("t", "i1", {"action_requests": [], "review_configs": []}))
     progress.card_undelivered = True
     assert "the card was not delivered yet — retrying" in progress.render()[0]
-    progress.decided([("c1", "approve")], "U0BOB")
+    progress.decided([("c1", "approve", "")], "U0BOB")
     progress.apply(ToolStarted("t", "c1", "run_runbook", {"name": "disk"}))
     progress.apply(ToolFinished("t", "c1", "run_runbook", True, "disk 42%\u202e used\nmore", 0.2))
     progress.apply(Finished("t", "All good <!channel>"))
@@ -304,9 +303,9 @@ def test_a_decision_marks_each_reviewed_call_with_who_decided():
     progress.apply(ToolProposed("t", [{"id": "c1", "name": "post_message", "args": {}, "mode": "ask"}]))
     request_ = {"action_requests": [{"tool_call_id": "c1"}], "review_configs": []}
     event = ReviewDecided("t", "i1", request_, [{"type": "reject"}], "U0BOB")  # type: ignore[arg-type]
-    progress.decided([("c1", event.decisions[0]["type"])], "U0BOB")
+    progress.decided([("c1", event.decisions[0]["type"], "not now")], "U0BOB")
     shown = all_text({"blocks": progress.render()[1]})
-    assert "⛔ post_message  — rejected by <@U0BOB>" in shown
+    assert "⛔ post_message  — rejected by <@U0BOB> (not now)" in shown
 
 
 # --- /chatops ---------------------------------------------------------------------------------------------------

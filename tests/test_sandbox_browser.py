@@ -162,18 +162,19 @@ def browser_context() -> Iterator[object]:
 
 
 class Shots:
-    """Numbered screenshots under artifacts/sandbox-browser/, listed at the end of the test."""
+    """Numbered screenshots under artifacts/sandbox-browser/, listed at the end of the test; each test's own
+    `prefix`, so one test's run replaces its own screenshots only."""
 
-    def __init__(self, page: object) -> None:
+    def __init__(self, page: object, prefix: str = "") -> None:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        for old in ARTIFACTS.glob("*.png"):
+        for old in ARTIFACTS.glob(f"{prefix}[0-9][0-9]-*.png"):
             old.unlink()
-        self.page, self.n = page, 0
+        self.page, self.n, self.prefix = page, 0, prefix
         self.paths: list[Path] = []
 
     def __call__(self, name: str) -> None:
         self.n += 1
-        path = ARTIFACTS / f"{self.n:02d}-{name}.png"
+        path = ARTIFACTS / f"{self.prefix}{self.n:02d}-{name}.png"
         self.page.screenshot(path=str(path))  # type: ignore[attr-defined]
         self.paths.append(path)
 
@@ -191,7 +192,11 @@ def test_a_person_asks_approves_edits_and_lists_pending_in_the_browser(sandbox, 
         expect(page.locator("#bot-status")).to_have_text("bot connected")
         shots("empty-channel")
 
-        # Alice asks in #ops by mentioning the bot; the composer turns "@chatops" into <@U0BOT>.
+        # Alice asks in #ops by mentioning the bot; the composer turns "@chatops" into <@U0BOT>. She opens the thread
+        # herself before the page hears back from the send (as happens under load: the answer waits for the bot's
+        # ack), so the page must not open it again for her later, e.g. right after she closes it.
+        held: list[tuple[object, object]] = []
+        page.route("**/ui/send", lambda route: held.append((route, route.fetch())))
         page.fill("#composer-input", TASK)
         page.press("#composer-input", "Enter")
         asked = page.locator("#messages .msg[data-user='U0ALICE']").last
@@ -200,6 +205,13 @@ def test_a_person_asks_approves_edits_and_lists_pending_in_the_browser(sandbox, 
         asked.click()  # opens its thread in the side pane
         thread = page.locator("#thread-messages")
         expect(page.locator("#thread")).to_be_visible()
+        deadline = time.monotonic() + WAIT_MS / 1000
+        while not held and time.monotonic() < deadline:
+            page.wait_for_timeout(50)
+        assert held, "the page never sent /ui/send"
+        with page.expect_response("**/ui/send"):
+            held[0][0].fulfill(response=held[0][1])  # type: ignore[attr-defined]
+        page.unroute("**/ui/send")
 
         progress = thread.locator(".msg:not(.root)[data-user='U0BOT']").first
         expect(progress).to_be_visible()
@@ -217,7 +229,7 @@ def test_a_person_asks_approves_edits_and_lists_pending_in_the_browser(sandbox, 
         # Alice may not approve her own run: the refusal is an ephemeral only she sees, in the thread she clicked in.
         card.locator("button", has_text="Approve selected").click()
         refusal = thread.locator(".msg.ephemeral")
-        expect(refusal).to_contain_text("someone else has to approve")
+        expect(refusal).to_contain_text("You asked for this run, so someone else")
         expect(refusal).to_contain_text("Only visible to you")
         shots("requester-refused")
 
@@ -233,7 +245,7 @@ def test_a_person_asks_approves_edits_and_lists_pending_in_the_browser(sandbox, 
         card.locator("button", has_text="Approve selected").click()
         expect(card.locator(".b-header")).to_have_text("Approval decided")
         expect(card).to_contain_text("✅ approved")
-        expect(card).to_contain_text("❌ rejected")
+        expect(card).to_contain_text(re.compile("(❌|⛔) rejected"))  # the mark is changing
         expect(card).to_contain_text("Decided by @bob")
         expect(card.locator("button")).to_have_count(0)
 
@@ -254,8 +266,33 @@ def test_a_person_asks_approves_edits_and_lists_pending_in_the_browser(sandbox, 
         shots("chatops-pending")
         page.select_option("#acting-user", "U0BOB")
         expect(page.locator("#messages .msg.ephemeral")).to_have_count(0)
+        # Closed stays closed: over the next polls the pane never shows again, and no poll the page starts after the
+        # click asks for the thread. Recorded in the page, in the order its own code runs.
+        page.evaluate(
+            """() => {
+              const pane = document.querySelector('#thread');
+              window.shown = 0;
+              window.polls = null; // the /ui/state URLs fetched since the close button was clicked
+              new MutationObserver(() => { if (!pane.hidden) window.shown++; })
+                .observe(pane, {attributes: true, attributeFilter: ['hidden']});
+              document.addEventListener('click', (e) => {
+                if (e.target.closest('#thread-close')) window.polls = [];
+              }, true);
+              const fetch = window.fetch;
+              window.fetch = (url, ...rest) => {
+                if (window.polls && String(url).startsWith('/ui/state')) window.polls.push(String(url));
+                return fetch(url, ...rest);
+              };
+            }"""
+        )
         page.locator("#thread-close").click()
         expect(page.locator("#thread")).to_be_hidden()
+        # A poll of the loop starts only after the one before it is drawn: four of them span several redraws.
+        page.wait_for_function("() => window.polls && window.polls.length >= 4")
+        expect(page.locator("#thread")).to_be_hidden()
+        assert page.evaluate("() => window.shown") == 0, "the closed thread opened again by itself"
+        polls = page.evaluate("() => window.polls")
+        assert not [u for u in polls if "thread=" in u], f"the page kept asking for the closed thread: {polls}"
         answer_link = "#messages .msg.ephemeral a:has-text('open the card')"
         page.select_option("#acting-user", "U0ALICE")
         page.locator(answer_link).last.click()  # the permalink opens the thread in the page
@@ -307,6 +344,152 @@ def test_a_person_asks_approves_edits_and_lists_pending_in_the_browser(sandbox, 
         ).click()
         expect(page.locator("#log-list .log-entry.open .log-detail")).to_contain_text("Edit tool calls")
         shots("inspector")
+    except Exception:
+        shots("failure")
+        raise
+    finally:
+        page.close()
+        with capsys.disabled():
+            print("\nscreenshots:\n" + "\n".join(f"  {p}" for p in shots.paths))
+
+    assert sandbox.stop(signal.SIGINT) == 0, sandbox.output()[-3000:]
+    assert "Traceback" not in sandbox.output(), sandbox.output()[-3000:]
+
+
+def test_a_dm_request_is_decided_in_the_review_channel_and_a_reject_ends_the_run(sandbox, browser_context, capsys):
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=WAIT_MS)
+    page = browser_context.new_page()
+    shots = Shots(page, prefix="dm-")
+    approvals = "#channel-list a:has-text('approvals')"
+    card_header = page.locator(".b-header")
+    try:
+        page.goto(sandbox.url)
+        expect(page.locator("#bot-status")).to_have_text("bot connected")
+        page.select_option("#acting-user", "U0ALICE")
+
+        # Alice opens her DM with the bot from the sidebar and asks there, without a mention.
+        page.click("#dm-list a:has-text('chatops')")
+        expect(page.locator("#channel-name")).to_have_text("🤖 chatops")
+        page.fill("#composer-input", "run the disk-usage runbook")
+        page.press("#composer-input", "Enter")
+        asked = page.locator("#messages .msg[data-user='U0ALICE']").last
+        expect(asked).to_contain_text("run the disk-usage runbook")
+        asked.click()
+        thread = page.locator("#thread-messages")
+        expect(page.locator("#thread-channel")).to_have_text("with chatops")
+        # Nobody but Alice sees this DM: the card is not here, and her progress message links to it in #approvals.
+        progress = thread.locator(".msg:not(.root)[data-user='U0BOT']").first
+        expect(progress).to_contain_text("Waiting for approval")
+        expect(progress).to_contain_text("the card is in #approvals: open it")
+        expect(thread.locator(".msg").filter(has=card_header)).to_have_count(0)
+        link = progress.locator("a", has_text="open it")
+        expect(link).to_have_attribute("href", re.compile(r"/archives/C0APPROVALS/p\d{16}$"))
+        shots("dm-waiting-with-link")
+
+        # The link opens the card where it is: a message of its own in #approvals.
+        link.click()
+        expect(page.locator("#channel-name")).to_have_text("# approvals")
+        card = thread.locator(".msg.root")
+        expect(card.locator(".b-header")).to_have_text("Approval needed")
+        expect(card).to_contain_text("run_runbook")
+        expect(card).to_contain_text("disk-usage")
+        card_ts = card.get_attribute("data-ts")
+
+        # Bob opens #approvals himself: the card is a top-level message there, saying where it was asked.
+        page.select_option("#acting-user", "U0BOB")
+        page.click(approvals)
+        expect(page.locator("#thread")).to_be_hidden()
+        card = page.locator(f"#messages .msg[data-ts='{card_ts}']")
+        expect(card.locator(".b-header")).to_have_text("Approval needed")
+        expect(card.locator(".b-context")).to_contain_text("asked in a DM with the bot")
+        expect(card).to_contain_text("@alice")
+        shots("bob-sees-card-in-approvals")
+        card.locator("button", has_text="Approve selected").click()
+        expect(card.locator(".b-header")).to_have_text("Approval decided")
+        expect(card).to_contain_text("✅ approved")
+        expect(card).to_contain_text("Decided by @bob")
+        expect(card.locator(".msg-body button")).to_have_count(0)  # the card's own buttons are gone
+        shots("bob-approved")
+
+        # Back in Alice's DM, the run's progress message says it is done.
+        page.select_option("#acting-user", "U0ALICE")
+        page.click("#dm-list a:has-text('chatops')")
+        expect(page.locator("#channel-name")).to_have_text("🤖 chatops")
+        page.locator("#messages .msg[data-user='U0ALICE']").last.click()
+        progress = thread.locator(".msg:not(.root)[data-user='U0BOT']").first
+        expect(progress).to_contain_text("✅ Done")
+        expect(progress).to_contain_text("disk-usage — ok")
+        shots("dm-done")
+
+        # A second request from the DM. The offline planner runs the runbook first; only if the agent may go on after
+        # its calls are rejected would it then propose the post to #ops, on a new card.
+        page.locator("#thread-close").click()
+        page.fill("#composer-input", "run the memory-usage runbook and post a summary to #ops")
+        page.press("#composer-input", "Enter")
+        expect(page.locator("#messages .msg[data-user='U0ALICE']")).to_have_count(2)
+        page.select_option("#acting-user", "U0CAROL")
+        page.click(approvals)
+        waiting = page.locator("#messages .msg").filter(has=page.locator(".b-header", has_text="Approval needed"))
+        expect(waiting).to_have_count(1)
+        expect(waiting).to_contain_text("memory-usage")
+        card = page.locator(f"#messages .msg[data-ts='{waiting.get_attribute('data-ts')}']")
+
+        # Carol is no approver: Edit… and Reject… tell her so at once, in the channel, and open no dialog.
+        refusals = page.locator("#messages .msg.ephemeral")
+        card.locator("button", has_text="Edit…").click()
+        expect(refusals.last).to_contain_text("Only @bob can approve this card; nothing was changed.")
+        expect(refusals.last).to_contain_text("Only visible to you")
+        expect(page.locator("#modal")).to_have_count(0)
+        card.locator("button", has_text="Reject…").click()
+        expect(refusals).to_have_count(2)
+        expect(refusals.last).to_contain_text(
+            re.compile(r"Only @bob or @alice, who asked for it,? can reject this card; nothing was changed\.")
+        )
+        expect(page.locator("#modal")).to_have_count(0)
+        expect(card.locator(".b-header")).to_have_text("Approval needed")
+        shots("carol-refused")
+
+        # Bob rejects with a reason and leaves "Let the agent try another way" unticked: the run ends.
+        page.select_option("#acting-user", "U0BOB")
+        expect(refusals).to_have_count(0)  # Carol's answers are hers alone
+        card.locator("button", has_text="Reject…").click()
+        modal = page.locator("#modal")
+        expect(modal.locator(".modal-head")).to_contain_text("Reject")
+        replan = modal.locator(".field[data-block-id='replan'] input[type='checkbox']")
+        expect(replan).not_to_be_checked()
+        expect(modal.locator(".field[data-block-id='replan']")).to_contain_text("Let the agent try another way")
+        modal.locator(".field[data-block-id='reason'] textarea").fill("memory is fine, no need")
+        shots("bob-reject-dialog")
+        modal.locator("#modal-submit").click()
+        expect(modal).to_have_count(0)
+        expect(card.locator(".b-header")).to_have_text("Approval decided")
+        expect(card).to_contain_text("⛔ rejected (memory is fine, no need)")
+        expect(card.locator(".msg-body button")).to_have_count(0)  # the card's own buttons are gone
+        shots("bob-rejected")
+
+        # Alice's DM thread: nothing ran, and no new card was posted in #approvals for another try.
+        page.select_option("#acting-user", "U0ALICE")
+        page.click("#dm-list a:has-text('chatops')")
+        expect(page.locator("#channel-name")).to_have_text("🤖 chatops")
+        expect(page.locator("#messages .msg[data-user='U0ALICE']")).to_have_count(2)
+        page.locator("#messages .msg[data-user='U0ALICE']").last.click()
+        expect(thread.locator(".msg.root")).to_contain_text("run the memory-usage runbook")
+        progress = thread.locator(".msg:not(.root)[data-user='U0BOT']").first
+        expect(progress).to_contain_text("⛔ Nothing ran: every call was rejected or not allowed")
+        expect(progress).to_contain_text("memory-usage — rejected by @bob (memory is fine, no need)")
+        shots("dm-nothing-ran")
+        page.click(approvals)
+        expect(page.locator("#channel-name")).to_have_text("# approvals")
+        expect(page.locator("#messages .msg").filter(has=card_header)).to_have_count(2)
+        expect(page.locator("#messages .b-header", has_text="Approval needed")).to_have_count(0)
+        # The only dialog the bot opened in all this is Bob's: Carol's clicks opened none.
+        page.click("#tab-inspector")
+        page.fill("#log-filter", "views.open")
+        expect(page.locator("#log-list .log-entry")).to_have_count(1)
+        page.fill("#log-filter", "chat.postEphemeral")
+        expect(page.locator("#log-list .log-entry")).to_have_count(2)
     except Exception:
         shots("failure")
         raise

@@ -25,6 +25,7 @@ METHOD_SCOPES = {
     "views.open": None,
     "chat.getPermalink": None,
     "usergroups.users.list": "usergroups:read",
+    "usergroups.list": "usergroups:read",  # a group named in a refusal by its handle, never pinged
     # Which channel a post_message argument really names (private ones need groups:read too).
     "conversations.info": "channels:read",
     "conversations.list": "channels:read",

@@ -37,6 +37,7 @@ from .bot_support import (
     checkbox_block,
     header_of,
     mention,
+    propose,
     script_three_calls,
     start_bot,
 )
@@ -47,16 +48,6 @@ GENERAL = "C0GENERAL"
 @pytest.fixture
 def env(slack, redis_url, model, runbooks):
     return bot_env(slack, redis_url, model.base_url, runbooks.dir, CHATOPS_ADMINS=REQUESTER)
-
-
-def propose(model, *calls: dict[str, Any], after: str = "Done as approved.") -> None:
-    """The model proposes ``calls`` for any request, then reports ``after``."""
-    model.reset(
-        [
-            rule({"tool_calls": list(calls)}, has_tool_results=False),
-            rule({"text": after}, has_tool_results=True),
-        ]
-    )
 
 
 def mrkdwn_and_text(params: dict[str, Any]) -> list[str]:
@@ -235,7 +226,8 @@ async def test_a_long_value_is_marked_shortened_and_shown_whole_on_request(slack
     card = await thread.wait_card()
     text = all_text(card)
     assert "more characters of text not shown here" in text and "THE END" not in text
-    assert "Call 1 is shortened on this card" in text
+    shortened = [e for b in card["blocks"] if b["type"] == "actions" for e in b["elements"] if e["type"] == "button"]
+    assert "Show call 1 in full" in [e["text"]["text"] for e in shortened]
 
     await slack.click_button(APPROVER, OPS, card["ts"], "show_args_0")
     await slack.wait_for(lambda: slack.views(APPROVER, open_only=True), timeout=10, description="the full arguments")
@@ -325,8 +317,9 @@ async def test_text_from_people_models_and_tools_never_broadcasts(slack, start, 
     assert root["text"] == f"<@{REQUESTER}> asked: &lt;!channel&gt; &lt;!here&gt; check the disk"
     thread = Thread(slack, OPS, root["ts"])
     card = await thread.wait_card()
-    block_id, action_id = checkbox_block(card)
-    await slack.toggle_checkbox(APPROVER, OPS, card["ts"], block_id, action_id, "1", checked=False)  # not the post
+    await slack.toggle_checkbox(
+        APPROVER, OPS, card["ts"], *checkbox_block(card, "1"), "1", checked=False
+    )  # not the post
     await slack.click_button(APPROVER, OPS, card["ts"], "approve")
     done = await thread.wait_progress("Done")
     assert "All good &lt;!here&gt;" in done["text"]
@@ -562,9 +555,8 @@ async def test_a_tools_own_no_to_self_approval_wins_over_the_global_yes(slack, s
     assert "someone else has to approve `run_runbook`" in slack.ephemerals(REQUESTER)[-1]["text"]
     assert runbooks.executions() == []
     # post_message has no rule of its own: the global yes applies to it.
-    block_id, action_id = checkbox_block(card)
     for n in ("0", "1"):
-        await slack.toggle_checkbox(REQUESTER, OPS, card["ts"], block_id, action_id, n, checked=False)
+        await slack.toggle_checkbox(REQUESTER, OPS, card["ts"], *checkbox_block(card, n), n, checked=False)
     await slack.click_button(REQUESTER, OPS, card["ts"], "approve")
     await thread.wait_progress("Done")
     assert runbooks.executions() == [] and [
@@ -660,7 +652,8 @@ async def test_runbook_lookup_stays_in_its_folder_and_errors_name_no_path(slack,
     thread = await mention(slack, "look for the zebra runbook")
     card = await thread.wait_card()
     await slack.click_button(APPROVER, OPS, card["ts"], "approve")
-    await thread.wait_progress("Done")
+    ended = all_text(await thread.wait_progress("Failed"))  # the lookup of "zebra" failed: said, not "Done"
+    assert "What failed:" in ended and "no runbook named 'zebra'" in ended and "hunter2" not in ended
     results = [m["content"] for m in model.requests[-1]["messages"] if m["role"] == "tool"]
     assert "no runbook matches" in results[0] and "hunter2" not in json.dumps(results)
     assert "no runbook named 'zebra'" in results[1]

@@ -399,6 +399,11 @@ def users_info(ctx: ApiContext, params: JSON) -> JSON:
     return {"user": ctx.workspace.user(_req(params, "user", "user_not_found"))}
 
 
+@method("usergroups.list")
+def usergroups_list(ctx: ApiContext, params: JSON) -> JSON:
+    return {"usergroups": ctx.workspace.usergroups()}
+
+
 @method("usergroups.users.list")
 def usergroups_users_list(ctx: ApiContext, params: JSON) -> JSON:
     return {"users": ctx.workspace.usergroup_members(_req(params, "usergroup", "no_such_subteam"))}

@@ -178,6 +178,13 @@ class Workspace:
         with self._lock:
             return copy.deepcopy(list(self._users.values()))
 
+    def usergroups(self) -> list[JSON]:
+        with self._lock:
+            return [
+                {"id": g["id"], "handle": g["handle"], "name": g["handle"], "user_count": len(g["users"])}
+                for g in self._usergroups.values()
+            ]
+
     def usergroup_members(self, group_id: str) -> list[str]:
         with self._lock:
             if group_id not in self._usergroups:

@@ -27,7 +27,8 @@ const ui = {
   state: null,
   lastStateText: "",
   generation: 0, // bumped by every action and navigation: older poll answers are dropped
-  autoOpen: null, // ts of a message we sent: its thread opens once the bot answers in it
+  autoOpen: null, // ts of a message we sent: its thread opens once the bot answers in it, unless the person chose first
+  nav: 0, // bumped whenever the person opens or closes a thread or changes channel: cancels a pending autoOpen
   edits: {}, // message key -> edit count last drawn, to flash a message the bot just edited
   modalKey: null,
   log: [],
@@ -399,14 +400,15 @@ function renderChannel(st) {
     const sent = st.messages.find((m) => m.ts === ui.autoOpen);
     if (sent && sent.reply_count) {
       ui.autoOpen = null;
-      openThread(sent.ts);
+      showThread(sent.ts);
     }
   }
 }
 
 function renderThread(st) {
   const pane = $("#thread");
-  if (!ui.thread || !st.thread || ui.tab !== "chat") {
+  // Only the thread the page asked for: an answer about another (or none) never shows the pane.
+  if (!ui.thread || !st.thread || st.thread.root.ts !== ui.thread || ui.tab !== "chat") {
     pane.hidden = true;
     if (ui.thread && !st.thread && ui.state && ui.lastThreadMissing++ > 3) ui.thread = null; // root deleted
     return;
@@ -546,15 +548,28 @@ async function post(path, data) {
 }
 
 async function send(text, threadTs) {
+  // Open the new message's thread for the person only if no thread is open and they have not opened or closed one
+  // (or changed channel) while the message was on its way: what they chose themselves wins, and a closed thread stays
+  // closed. (An armed autoOpen that outlived a click on the message used to reopen its thread when it was closed.)
+  const nav = ui.nav;
+  const idle = !ui.thread && !threadTs;
   const answer = await post("/ui/send", { channel: ui.channel, text, thread_ts: threadTs || null });
-  if (answer.ok && answer.ts && !threadTs) ui.autoOpen = answer.ts;
+  if (answer.ok && answer.ts && idle && nav === ui.nav && !ui.thread) ui.autoOpen = answer.ts;
   return answer;
 }
 
-function openThread(ts) {
+function showThread(ts) {
   ui.thread = ts;
   ui.lastThreadMissing = 0;
   refresh();
+}
+
+// The person opens a thread, or closes it (ts null): their choice overrides a pending auto-open.
+function openThread(ts) {
+  ui.nav++;
+  ui.autoOpen = null;
+  if (!ts) $("#thread").hidden = true; // at once, not a poll later
+  showThread(ts);
 }
 
 function setTab(tab) {
@@ -586,10 +601,7 @@ function wireComposer(form, input, threadTs) {
 function wire() {
   wireComposer($("#composer"), $("#composer-input"), () => null);
   wireComposer($("#thread-composer"), $("#thread-input"), () => ui.thread);
-  $("#thread-close").addEventListener("click", () => {
-    ui.thread = null;
-    refresh();
-  });
+  $("#thread-close").addEventListener("click", () => openThread(null));
   $("#acting-user").addEventListener("change", (e) => {
     ui.user = e.target.value;
     localStorage.setItem("sandbox.user", ui.user);
@@ -608,8 +620,7 @@ function wire() {
       e.preventDefault();
       ui.channel = channelLink.dataset.channel;
       localStorage.setItem("sandbox.channel", ui.channel);
-      ui.thread = null;
-      refresh();
+      openThread(null);
       return;
     }
     // A permalink to this local Slack (e.g. /chatops pending's "open the card") opens the thread here.
