@@ -37,7 +37,10 @@ STOP_S = 15.0  # Ctrl-C to exit, Redis stopped included (well under a second her
 
 def _take_terminal() -> None:
     """In the child, after start_new_session's setsid(): make the pty (its stdin) the controlling terminal.
-    That also makes the child's process group the terminal's foreground group, the one Ctrl-C signals."""
+    That also makes the child's process group the terminal's foreground group, the one Ctrl-C signals.
+    SIGINT back to its default, as a person's shell gives it: a test run started in the background of a
+    non-interactive shell (a CI script with ``&``) inherits it ignored, and Python then never raises on Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
