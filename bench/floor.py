@@ -3,6 +3,9 @@
 A cycle is: run the graph until it pauses for review (``interrupt()``), then resume it with an approval and
 run the approved call (the ``record.sh`` runbook) to the end. Both use ``durability="sync"`` against the same
 Redis as the bot, so the bot's cycle time over these shows what Slack, Bolt and the bot's own layers add.
+
+Each cycle also records the CPU this process spent on it, and, when the cycles run through a `RedisMeter`
+(bench.redis_meter), the Redis round trips, commands and bytes it cost.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from graphs.settings import CoreSettings
 from graphs.types import approve
 
 from .harness import APPROVER, RECORD_TASK, REQUESTER
+from .redis_meter import RedisMeter, Traffic
 
 TTL = {"default_ttl": 7 * 24 * 60, "refresh_on_read": True}  # what the bot's runtime configures
 WARMUP_CYCLES = 2
@@ -33,10 +37,13 @@ CYCLE_TIMEOUT_S = 30.0
 
 @dataclass(frozen=True)
 class CycleSample:
-    """One cycle, in milliseconds: until the pause, from the resume to the end, and both."""
+    """One cycle, in milliseconds: until the pause, from the resume to the end, and both; the CPU this process
+    used meanwhile; and the Redis traffic, when the cycle ran through a meter."""
 
     to_pause_ms: float
     resume_ms: float
+    cpu_ms: float = 0.0
+    traffic: Traffic | None = None
 
     @property
     def total_ms(self) -> float:
@@ -84,8 +91,35 @@ def floor_graph(saver: AsyncRedisSaver, runbook: Path) -> CompiledStateGraph:
     return graph.compile(checkpointer=saver)
 
 
-async def bare_langgraph_cycles(redis_url: str, runbook: Path, cycles: int) -> list[CycleSample]:
-    """`cycles` approval cycles on bare LangGraph + AsyncRedisSaver (after a short warm-up)."""
+class _Clock:
+    """Wall time, CPU time and (with a meter) Redis traffic at the start of a cycle and at its pause."""
+
+    def __init__(self, meter: RedisMeter | None) -> None:
+        self.meter = meter
+        self.started = time.perf_counter()
+        self.cpu = time.process_time()
+        self.traffic = meter.reading() if meter else None
+        self.paused = self.started
+
+    def pause(self) -> None:
+        self.paused = time.perf_counter()
+
+    def sample(self) -> CycleSample:
+        finished = time.perf_counter()
+        traffic = self.meter.reading() - self.traffic if self.meter and self.traffic else None
+        return CycleSample(
+            (self.paused - self.started) * 1000,
+            (finished - self.paused) * 1000,
+            (time.process_time() - self.cpu) * 1000,
+            traffic,
+        )
+
+
+async def bare_langgraph_cycles(
+    redis_url: str, runbook: Path, cycles: int, meter: RedisMeter | None = None
+) -> list[CycleSample]:
+    """`cycles` approval cycles on bare LangGraph + AsyncRedisSaver (after a short warm-up); with `meter`, through
+    it (`redis_url` is then the meter's)."""
     saver = AsyncRedisSaver(redis_url=redis_url, ttl=TTL)
     await saver.asetup()
     try:
@@ -93,28 +127,30 @@ async def bare_langgraph_cycles(redis_url: str, runbook: Path, cycles: int) -> l
         samples = []
         for n in range(WARMUP_CYCLES + cycles):
             config: RunnableConfig = {"configurable": {"thread_id": f"bench-floor-{uuid.uuid4().hex}"}}
-            started = time.perf_counter()
+            clock = _Clock(meter)
             paused = await asyncio.wait_for(
                 graph.ainvoke({"task": RECORD_TASK}, config, durability="sync"), CYCLE_TIMEOUT_S
             )
             if "__interrupt__" not in paused:
                 raise RuntimeError(f"the floor graph did not pause for review: {paused}")
-            resumed = time.perf_counter()
+            clock.pause()
             done = await asyncio.wait_for(
                 graph.ainvoke(Command(resume={"type": "approve"}), config, durability="sync"), CYCLE_TIMEOUT_S
             )
             if not str(done.get("output", "")).startswith("recorded"):
                 raise RuntimeError(f"the floor graph did not run the runbook: {done}")
-            finished = time.perf_counter()
             if n >= WARMUP_CYCLES:
-                samples.append(CycleSample((resumed - started) * 1000, (finished - resumed) * 1000))
+                samples.append(clock.sample())
         return samples
     finally:
         await saver.__aexit__(None, None, None)
 
 
-async def runs_layer_cycles(redis_url: str, model_url: str, runbooks: Path, cycles: int) -> list[CycleSample]:
-    """`cycles` approval cycles through `graphs.runs.Runs` (the bot's core, no Slack) with the scripted model."""
+async def runs_layer_cycles(
+    redis_url: str, model_url: str, runbooks: Path, cycles: int, meter: RedisMeter | None = None
+) -> list[CycleSample]:
+    """`cycles` approval cycles through `graphs.runs.Runs` (the bot's core, no Slack) with the scripted model; with
+    `meter`, through it (`redis_url` is then the meter's)."""
     settings = CoreSettings(
         redis_url=redis_url,
         openai_base_url=model_url,
@@ -128,20 +164,19 @@ async def runs_layer_cycles(redis_url: str, model_url: str, runbooks: Path, cycl
     async with open_runtime(settings) as runtime:
         for n in range(WARMUP_CYCLES + cycles):
             thread_id = f"bench-runs-{uuid.uuid4().hex[:12]}"
-            started = time.perf_counter()
+            clock = _Clock(meter)
             paused = await asyncio.wait_for(
                 runtime.runs.start(thread_id, RECORD_TASK, requester=REQUESTER), CYCLE_TIMEOUT_S
             )
             if paused.status != "waiting" or paused.pending is None:
                 raise RuntimeError(f"the Runs layer did not pause for review: {paused}")
-            resumed = time.perf_counter()
+            clock.pause()
             done = await asyncio.wait_for(
                 runtime.runs.resume(thread_id, paused.pending.interrupt_id, [approve()], decided_by=APPROVER),
                 CYCLE_TIMEOUT_S,
             )
             if done.status != "done":
                 raise RuntimeError(f"the Runs layer did not finish: {done}")
-            finished = time.perf_counter()
             if n >= WARMUP_CYCLES:
-                samples.append(CycleSample((resumed - started) * 1000, (finished - resumed) * 1000))
+                samples.append(clock.sample())
     return samples

@@ -34,6 +34,29 @@ STREAM_TASK = "stream slowly: summarise the incident timeline"
 PROBE_TASK = "probe: say hello"
 RECORD_TASK = "run the record runbook"
 DONE_LINE = ":white_check_mark: Done"
+# The first line of a progress message, as a person reads it (bot.progress.STATUS_LINE), and what it means.
+STATUS_MARKS = (
+    (":hourglass: Queued", "queued"),
+    (":hourglass_flowing_sand: Working", "working"),
+    (":raised_hand: Waiting for approval", "waiting"),
+    (DONE_LINE, "done"),
+    (":x: Failed", "failed"),
+    (":information_source: Nothing to do", "nothing"),
+    (":no_entry: Nothing ran", "rejected"),
+    (":octagonal_sign: Stopped", "stopped"),
+    (":no_entry_sign: Cancelled", "cancelled"),
+    (":alarm_clock: Expired", "expired"),
+)
+FINAL = frozenset({"done", "failed", "nothing", "rejected", "stopped", "cancelled", "expired"})
+
+
+def status_of(text: str) -> str | None:
+    """A progress message's state from its first line, None if the message is no progress message."""
+    first = text.split("\n", 1)[0].strip()
+    for mark, status in STATUS_MARKS:
+        if first.startswith(mark):
+            return status
+    return None
 
 
 # --- the scripted model -------------------------------------------------------------------------------------
@@ -123,11 +146,15 @@ def write_runbooks(folder: Path) -> Path:
 
 @dataclass(frozen=True)
 class BotConfig:
-    """One bot deployment: its chat.update budget and the local Slack's chat.update limit (None: unlimited)."""
+    """One bot deployment: its chat.update budget and the local Slack's chat.update limit (None: unlimited);
+    how long the local Slack waits for the bot's HTTP answers (Slack: 3 s; longer shows by how much an answer is
+    late instead of only that it is), and more environment for the bot."""
 
     name: str
     update_budget: int
     slack_update_limit: int | None
+    delivery_timeout_s: float = 3.0
+    env: tuple[tuple[str, str], ...] = ()
 
 
 class SlackBot:
@@ -136,8 +163,10 @@ class SlackBot:
 
     def __init__(self, config: BotConfig, *, redis_url: str, model_url: str, runbooks: Path, workdir: Path) -> None:
         self.config = config
-        self.slack = LocalSlack(SECRET)
+        self.slack = LocalSlack(SECRET, delivery_timeout=config.delivery_timeout_s)
         self.slack.set_rate_limit("chat.update", config.slack_update_limit)
+        self.redis_url = redis_url
+        self.prefix = f"bench{uuid.uuid4().hex[:8]}:"  # own keys and own chat.update budget
         self._env = {
             "SLACK_BOT_TOKEN": "xoxb-test",
             "SLACK_SIGNING_SECRET": SECRET,
@@ -146,9 +175,10 @@ class SlackBot:
             "OPENAI_API_KEY": "bench-key",
             "CHATOPS_MODEL": "scripted",
             "CHATOPS_RUNBOOKS_DIR": str(runbooks),
-            "CHATOPS_KEY_PREFIX": f"bench{uuid.uuid4().hex[:8]}:",  # own keys and own chat.update budget
+            "CHATOPS_KEY_PREFIX": self.prefix,
             "CHATOPS_UPDATE_BUDGET": str(config.update_budget),
             "LOG_LEVEL": "WARNING",
+            **dict(config.env),
         }
         self.log_path = workdir / f"bot-{config.name}.log"
         self.bot: BotProcess | None = None
@@ -186,6 +216,19 @@ class SlackBot:
                 return time.monotonic() - started
             finally:
                 self.slack.stop()
+
+
+def rss_kb(pid: int | None) -> int | None:
+    """The process's resident set size (VmRSS in /proc/<pid>/status), in KiB; None once it is gone."""
+    if pid is None:
+        return None
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
 
 
 def cpu_seconds(pid: int) -> float:
@@ -237,6 +280,10 @@ class SlackThread:
     def is_done(self) -> bool:
         return DONE_LINE in all_text(self.progress())
 
+    def is_finished(self) -> bool:
+        """The run ended, however (a task that proposes no call ends "Nothing to do", not "Done")."""
+        return status_of(all_text(self.progress())) in FINAL
+
     async def wait_card(self, timeout: float, interval: float) -> dict[str, Any]:
         await self.slack.wait_for(self.card, timeout=timeout, interval=interval, description=f"a card in {self.ts}")
         card = self.card()
@@ -265,11 +312,14 @@ def decided_at(slack: LocalSlack, channel: str, card_ts: str) -> float | None:
     return None
 
 
-async def mention(slack: LocalSlack, channel: str, task: str, user: str = REQUESTER) -> SlackThread:
-    """A person mentions the bot with a task; the thread hangs off their message."""
+async def mention(
+    slack: LocalSlack, channel: str, task: str, user: str = REQUESTER, thread_ts: str | None = None
+) -> SlackThread:
+    """A person mentions the bot with a task; the thread hangs off their message (or, with `thread_ts`, the
+    mention is a reply in that thread and the returned thread is that one)."""
     sent_at = time.time()
-    deliveries = await slack.post_user_message(user, channel, f"<@U0BOT> {task}")
-    ts = str(deliveries[0].request["event"]["ts"])
+    deliveries = await slack.post_user_message(user, channel, f"<@U0BOT> {task}", thread_ts=thread_ts)
+    ts = thread_ts or str(deliveries[0].request["event"]["ts"])
     return SlackThread(slack, channel, ts, sent_at, deliveries)
 
 

@@ -23,6 +23,7 @@ from .harness import (
     APPROVER,
     PROBE_TASK,
     RECORD_TASK,
+    REQUESTER,
     STREAM_TASK,
     SlackThread,
     checkbox_of,
@@ -203,7 +204,7 @@ async def ack_load(
             task.cancel()
     result.window_s = time.monotonic() - started
     result.cpu = meter.stop()
-    result.still_in_flight = sum(1 for t in workers if not t.is_done())
+    result.still_in_flight = sum(1 for t in workers if not t.is_finished())
 
     def all_decided() -> bool:
         return all(decided_at(slack, channel, ts) is not None for ts, _ in clicks)
@@ -220,7 +221,7 @@ async def ack_load(
     # Let this level's work finish before the next level starts, so levels do not overlap.
     everything = workers + probe_threads + card_threads[1:]
     with contextlib.suppress(TimeoutError):
-        await slack.wait_for(lambda: all(t.is_done() for t in everything), timeout=2 * STEP_TIMEOUT_S, interval=0.5)
+        await slack.wait_for(lambda: all(t.is_finished() for t in everything), timeout=2 * STEP_TIMEOUT_S, interval=0.5)
     return result
 
 
@@ -243,8 +244,10 @@ class Cycle:
         return ((self.card_at - self.sent_at) + (self.done_at - self.clicked_at)) * 1000
 
 
-async def one_cycle(slack: LocalSlack, channel: str, timeout_s: float, poll_s: float) -> Cycle:
-    thread = await mention(slack, channel, RECORD_TASK)
+async def one_cycle(
+    slack: LocalSlack, channel: str, timeout_s: float, poll_s: float, requester: str = REQUESTER
+) -> Cycle:
+    thread = await mention(slack, channel, RECORD_TASK, user=requester)
     card = await thread.wait_card(timeout_s, poll_s)
     clicked_at = time.time()
     click = await slack.click_button(APPROVER, channel, card["ts"], "approve")
@@ -301,12 +304,17 @@ async def run_cycles(
     deadline = started_at + time_box_s if time_box_s is not None else None
     step_timeout = max(STEP_TIMEOUT_S, time_box_s or 0)
 
-    async def person() -> None:
+    # Each person asks as themselves (a per-person limit of active runs applies to each, as it would).
+    people = [REQUESTER, *(f"U0PERSON{n:03d}" for n in range(1, concurrency))]
+    for user in people[1:]:
+        slack.add_user(user, user.lower())
+
+    async def person(user: str) -> None:
         while remaining[0] > 0 and (deadline is None or time.time() < deadline):
             remaining[0] -= 1
-            cycles.append(await one_cycle(slack, channel, step_timeout, poll_s))
+            cycles.append(await one_cycle(slack, channel, step_timeout, poll_s, user))
 
-    tasks = [asyncio.create_task(person()) for _ in range(concurrency)]
+    tasks = [asyncio.create_task(person(user)) for user in people]
     limit = time_box_s if time_box_s is not None else STEP_TIMEOUT_S * (total or 1)
     done, pending = await asyncio.wait(tasks, timeout=limit)
     for task in pending:

@@ -11,7 +11,8 @@ import sys
 from aiohttp import web
 from slack_sdk.web.async_client import AsyncWebClient
 
-from graphs.errors import ConfigError
+from graphs.errors import ConfigError, UnknownRun
+from graphs.runs import Runs
 from graphs.runtime import open_runtime
 
 from .app import Surface, build_app
@@ -22,6 +23,7 @@ from .channels import Channels
 from .commands import Commands
 from .lifecycle import Lifecycle
 from .post_tool import PostTool
+from .queue import RunQueue
 from .run_messages import ReviewRouting, RunMessages
 from .server import web_app
 from .settings import BotSettings
@@ -49,11 +51,22 @@ async def serve(settings: BotSettings) -> None:
         routing = ReviewRouting(settings.review_channel, settings.review_all)
         messages = RunMessages(io, store, updater, runtime.runs, approvers, audit, routing)
         # Without a review channel, a DM request is told at once that no approver will see its cards.
-        lifecycle = Lifecycle(io, store, runtime.runs, messages, audit, warn_dm=not settings.allow_self_approval)
+        queue = RunQueue(
+            runtime.redis,
+            keys,
+            workers=settings.max_active_runs,
+            per_user=settings.max_runs_per_user,
+            started_since=lambda run_id, since: started_since(runtime.runs, run_id, since),
+            ttl_s=settings.core.ttl_minutes * 60,
+        )
+        lifecycle = Lifecycle(
+            io, store, runtime.runs, messages, audit, warn_dm=not settings.allow_self_approval, queue=queue
+        )
         approvals = Approvals(io, store, runtime.runs, approvers, audit, messages, lifecycle.expire)
         commands = Commands(runtime.runs, store, lifecycle, audit, io, directory, settings.admins)
         app = build_app(settings, client, Surface(io, store, lifecycle, approvals, commands))
         sweeper = asyncio.create_task(lifecycle.sweep(), name="sweeper")
+        await queue.start(lifecycle.run_queued)
         mode = "socket" if settings.socket_mode else "http"
         runner = web.AppRunner(web_app(app, runtime.redis, mode=mode), access_log=None)
         await runner.setup()
@@ -81,9 +94,20 @@ async def serve(settings: BotSettings) -> None:
         if socket_handler is not None:
             await socket_handler.close_async()
         await runner.cleanup()
+        await queue.close()
         sweeper.cancel()
         await io.close()
         await updater.close()
+
+
+async def started_since(runs: Runs, run_id: str, since: float) -> bool:
+    """Whether the run's task began after ``since`` (the run index was written then): for a queued task whose
+    worker stopped, whether it must not be started again."""
+    try:
+        info = await runs.info(run_id)
+    except UnknownRun:
+        return False
+    return float(info.get("updated_at") or 0) >= since
 
 
 def main() -> None:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 from redis.exceptions import RedisError
 from slack_bolt import BoltResponse
-from slack_bolt.async_app import AsyncAck, AsyncApp
+from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 from slack_sdk.web.async_client import AsyncWebClient
 
 from .approvals import Approvals, Click
@@ -25,7 +27,7 @@ from .cards import (
     SHOW_TASK_ACTION,
     parse_reason,
 )
-from .commands import Commands
+from .commands import ACK_WAIT_S, FOLLOWS, Commands
 from .errors import DialogRefused
 from .lifecycle import Lifecycle
 from .settings import BotSettings
@@ -231,18 +233,53 @@ def build_app(settings: BotSettings, client: AsyncWebClient, surface: Surface) -
             )
 
     @app.command("/chatops")
-    async def on_command(ack: AsyncAck, command: dict[str, Any]) -> None:
+    async def on_command(ack: AsyncAck, command: dict[str, Any], respond: AsyncRespond) -> None:
+        # The answer is acked if it is ready within ACK_WAIT_S (most are, in milliseconds); else the ack says
+        # FOLLOWS and the answer goes through the command's response_url once ready: never a late ack.
+        what = f"/chatops {(command.get('text') or '')[:40]}"
+        where = Where(command["channel_id"], command["user_id"])
+        answering = asyncio.ensure_future(commands.handle(command))
+        await asyncio.wait({answering}, timeout=ACK_WAIT_S)
+        if not answering.done():
+            await ack(text=FOLLOWS)
+            io.spawn(answer_later(answering, respond, what, where), what, where=where)
+            return
         try:
-            answer, work = await commands.handle(command)
+            answer, work = answering.result()
         except RedisError as exc:
-            log.error("/chatops %s: Redis is not answering (%s)", (command.get("text") or "")[:20], type(exc).__name__)
+            log.error("%s: Redis is not answering (%s)", what[:29], type(exc).__name__)
             await ack(text=NOT_RECORDED)
             return
         await ack(text=answer) if answer else await ack()
         if work is not None:
-            io.spawn(
-                work, f"/chatops {command.get('text', '')[:40]}", where=Where(command["channel_id"], command["user_id"])
-            )
+            io.spawn(work, what, where=where)
+
+    async def answer_later(
+        answering: asyncio.Future[tuple[str, Any]], respond: AsyncRespond, what: str, where: Where
+    ) -> None:
+        """Send a /chatops answer that was not ready for the ack, then do its work (a refusal or a Redis outage
+        on the way is said by SlackIO.run, like any other work)."""
+        try:
+            answer, work = await answering
+        except RedisError as exc:
+            log.error("%s: Redis is not answering (%s)", what[:29], type(exc).__name__)
+            answer, work = NOT_RECORDED, None
+        except Exception:  # a bug: the caller was promised an answer, so say that there is none
+            log.exception("%s failed", what)
+            answer, work = "I could not answer that: something went wrong on my side (it is in my log).", None
+        if answer:
+            try:
+                sent = await respond(text=answer)
+                delivered = sent.status_code == 200
+                if not delivered:
+                    log.warning("%s: the response_url answered %s", what, sent.status_code)
+            except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:  # ValueError: no response_url
+                log.warning("%s: the response_url could not be used (%s)", what, type(exc).__name__)
+                delivered = False
+            if not delivered:
+                await io.tell(where, answer)  # the same words, as an ephemeral message of the bot's own
+        if work is not None:
+            await work
 
     @app.error
     async def on_error(error: Exception, body: dict[str, Any] | None = None) -> None:

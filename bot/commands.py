@@ -1,7 +1,15 @@
-"""/chatops: help, run, and the admin controls (pending, history, rewind, cancel, audit)."""
+"""/chatops: help, run, and the admin controls (pending, history, rewind, cancel, audit).
+
+Every answer is acked at once when it is ready at once; one that takes longer than ``ACK_WAIT_S`` (a long
+history, a slow Slack) is acked with ``FOLLOWS`` and sent through the command's response_url when ready (see
+the /chatops listener in bot.app). ``pending`` reads only what it shows: the listing's scores, one pipeline
+for the records it shows (and, for a channel's or a DM's view, one for whose runs they are), the card links
+noted when the cards were posted, and an existence check of the cards shown, at most ``LISTED``, concurrently.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -9,6 +17,7 @@ from typing import Any
 
 from graphs.errors import ChatOpsError, UnknownCheckpoint, UnknownRun
 from graphs.runs import Runs
+from graphs.types import PendingReview
 
 from .approvers import Directory
 from .audit import AuditLog
@@ -44,6 +53,9 @@ RUN_ID = re.compile(r"^[a-z0-9]{8}$")
 LISTED = 20
 LISTED_CHECKPOINTS = 40
 USER = re.compile(r"[UW][A-Z0-9]+")
+# Slack wants an ack within 3 s: an answer not ready by then is acked with FOLLOWS and sent when it is.
+ACK_WAIT_S = 1.2
+FOLLOWS = "Looking that up… the answer follows here in a moment."
 
 
 class Commands:
@@ -123,35 +135,77 @@ class Commands:
         a DM with the bot the runs they asked for (a private channel's or another DM's runs stay private)."""
         admin = bool(self._admins) and await self._directory.member_of(user, self._admins)
         in_dm = channel.startswith("D")
-        shown = []
-        for review in await self._runs.pending():
-            record = await self._store.run(review.thread_id) or RunRecord(review.thread_id)
-            if admin or (review.requester == user if in_dm else channel in (record.channel, record.card_channel)):
-                shown.append((review, record))
+        if admin:
+            total, listed = await self._store.pending_page(LISTED)
+            candidates = [run_id for run_id, _ in listed]
+        else:
+            _, listed = await self._store.pending_page()
+            owners = await self._store.run_fields(
+                [run_id for run_id, _ in listed], "channel", "card_channel", "requester"
+            )
+            candidates = [
+                run_id
+                for (run_id, _), f in zip(listed, owners, strict=True)
+                if (f["requester"] == user if in_dm else channel in (f["channel"], f["card_channel"]))
+            ]
+            total = len(candidates)
+        shown: list[tuple[PendingReview, RunRecord]] = []
+        for run_id, (record, review) in zip(
+            candidates[:LISTED], await self._store.pending_details(candidates[:LISTED]), strict=True
+        ):
+            if review is None:
+                total -= 1  # listed, but the run expired: the index drops it at its next listing
+                continue
+            shown.append((review, record or RunRecord(run_id)))
         scope = "" if admin else (" for runs you asked for" if in_dm else " in this channel")
         if not shown:
             return f"No approval cards are waiting{scope}."
-        lines = [f"*{len(shown)} approval card{'s' if len(shown) != 1 else ''} waiting{scope}* (oldest first):"]
-        for review, record in shown[:LISTED]:
+        found = await self._check_cards(shown)
+        lines = [f"*{total} approval card{'s' if total != 1 else ''} waiting{scope}* (oldest first):"]
+        for review, record in shown:
             tools = ", ".join(a["name"] for a in review.request["action_requests"])
             card = record.card(review.interrupt_id)
-            link, gone = await self._io.locate(*card) if card else (None, False)
+            link, gone = found.get(card, (None, False)) if card else (None, False)
+            link, gone = link or record.card_link or None, gone or record.card_is_gone
             who = f"<@{review.requester}>" if review.requester else "someone"
-            if link:
-                where = f" — <{link}|open the card>"
-            elif gone:
+            if gone and card:
                 where = (
                     " — its card is gone from Slack (deleted, or the workspace was reset), so nobody can decide it;"
                     f" an admin can `/chatops cancel {review.thread_id}`"
                 )
+            elif link and card:
+                where = f" — <{link}|open the card>"
             else:
                 where = " — card not delivered yet — retrying" if card is None else ""
             lines.append(
                 f"• run `{review.thread_id}` by {who}: {literal(tools)} — waiting {_age(review.created_at)}{where}"
             )
-        if len(shown) > LISTED:
-            lines.append(f"…and {len(shown) - LISTED} more.")
+        if total > len(shown):
+            lines.append(f"…and {total - len(shown)} more.")
         return "\n".join(lines)
+
+    async def _check_cards(
+        self, shown: list[tuple[PendingReview, RunRecord]]
+    ) -> dict[tuple[str, str], tuple[str | None, bool]]:
+        """Whether the cards shown are still on Slack (a Slack that was reset forgot them; Redis did not), all at
+        once with a bound, and what is learnt noted in their run records: a card found gone is not checked again,
+        a link missing (the card was noted from a click) is kept."""
+        cards = {
+            card: record
+            for review, record in shown
+            if (card := record.card(review.interrupt_id)) is not None and not record.card_is_gone
+        }
+        found = await self._io.locate_all(cards)
+        notes = []
+        for card, (link, gone) in found.items():
+            record = cards[card]
+            if gone:
+                notes.append(self._store.update(record.run_id, card_gone=card[1]))
+            elif link and not record.card_link:
+                notes.append(self._store.update(record.run_id, card_link=link))
+        if notes:
+            await asyncio.gather(*notes)
+        return found
 
     async def history(self, run_id: str) -> str:
         checkpoints = await self._runs.history(run_id)

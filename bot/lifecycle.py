@@ -20,6 +20,7 @@ from graphs.types import PendingReview
 from .audit import AuditEntry, AuditLog
 from .blocks import clip, literal
 from .progress import Progress
+from .queue import USER_SLOT_S, Job, RunQueue
 from .run_messages import RunMessages
 from .slack_io import SlackIO, Where
 from .store import RunRecord, SlackStore, Turn, new_run_id
@@ -45,8 +46,10 @@ class Lifecycle:
         audit: AuditLog,
         *,
         warn_dm: bool = True,
+        queue: RunQueue | None = None,
     ) -> None:
         self._warn_dm = warn_dm
+        self._queue = queue  # None: every request starts at once (tests of the core flow)
         self._io = io
         self._store = store
         self._runs = runs
@@ -69,10 +72,15 @@ class Lifecycle:
         # so a second mention a moment later is told what is under way instead of taking the run over.
         turn = await self._store.claim_turn(run_id, requester=user, task=task)
         if not turn.mine:
+            # The turn is held from the mention until its run lets go of the thread, which is a moment after
+            # its card is posted: a run that already waits for approval says so.
+            paused = await self._runs.pending_review(run_id) is not None
             await self._io.post(
                 channel,
                 slack_thread,
-                f"Run `{run_id}` in this thread is already working on "
+                _paused(run_id)
+                if paused
+                else f"Run `{run_id}` in this thread is already working on "
                 f"“{literal(clip(turn.task, 200))}” for <@{turn.requester}>; ask again when it is done.",
             )
             return
@@ -82,9 +90,23 @@ class Lifecycle:
             if refusal:
                 await self._io.post(channel, slack_thread, refusal)
                 return
+            if self._queue is not None:
+                held = await self._queue.admit(user, run_id)
+                if held is not None:
+                    await self._io.post(
+                        channel,
+                        slack_thread,
+                        f"<@{user}>, you have {held} runs queued or working, as many as one person may "
+                        "(CHATOPS_MAX_RUNS_PER_USER); ask again when one of them is done or waits for approval.",
+                    )
+                    return
             progress = Progress(run_id, user, task)
+            if self._queue is not None and (ahead := await self._queue.ahead()) is not None:
+                progress.status, progress.ahead = "queued", ahead
             posted = await self._io.post(channel, slack_thread, *progress.render())
             if posted is None:
+                if self._queue is not None:
+                    await self._queue.release(user, run_id)
                 return
             if self._warn_dm and self._messages.routing.dead_end(channel):
                 await self._io.post(channel, slack_thread, DM_DEAD_END)
@@ -100,13 +122,20 @@ class Lifecycle:
             record = RunRecord(
                 run_id, channel=channel, thread_ts=slack_thread, progress_ts=posted, requester=user, task=task
             )
-            self._io.spawn(
-                self._start(record, progress, turn), f"run {run_id}", where=Where(channel, user, slack_thread)
-            )
+            if self._queue is None:
+                self._io.spawn(
+                    self._start(record, progress, turn), f"run {run_id}", where=Where(channel, user, slack_thread)
+                )
+            else:
+                # The turn stays claimed while the task waits, so the thread takes no other request meanwhile.
+                await self._store.extend_turn(run_id, turn, USER_SLOT_S)
+                await self._queue.put(Job(run_id, turn.token, user, task, time.time()))
             started = True
         finally:
             if not started:
                 await self._store.release_turn(run_id, turn)
+                if self._queue is not None:
+                    await self._queue.release(user, run_id)
 
     async def ask_from_command(self, *, channel: str, user: str, task: str) -> None:
         """/chatops run: the request becomes a visible message the thread hangs off."""
@@ -120,12 +149,28 @@ class Lifecycle:
 
     async def _busy_reason(self, run_id: str) -> str | None:
         if await self._runs.pending_review(run_id) is not None:
-            return (
-                f"Run `{run_id}` in this thread is waiting for approval on the card above; decide or cancel it first."
-            )
+            return _paused(run_id)
         if await self._runs.locks.is_held(run_id):
             return f"Run `{run_id}` in this thread is still working; ask again when it is done."
         return None
+
+    async def run_queued(self, job: Job) -> None:
+        """A queued task's turn came: start its run (a worker of the queue calls this)."""
+        record = await self._store.run(job.run_id)
+        turn = Turn(job.requester, job.task, job.token, mine=True)
+        try:
+            if record is None or not record.progress_ts:
+                await self._store.release_turn(job.run_id, turn)
+                return
+            progress = record.progress_state()
+            if progress.status == "queued":
+                progress.status = "working"
+                self._messages.show(progress, record.channel, record.progress_ts)
+            where = Where(record.channel, job.requester, record.thread_ts)
+            await self._io.run(self._start(record, progress, turn), f"run {job.run_id}", where)
+        finally:
+            if self._queue is not None:
+                await self._queue.release(job.requester, job.run_id)
 
     async def _start(self, record: RunRecord, progress: Progress, turn: Turn) -> None:
         try:
@@ -187,6 +232,12 @@ class Lifecycle:
     async def _recover(self, run_id: str) -> None:
         record = await self._store.run(run_id)
         if record is None or not record.progress_ts:
+            # No Slack message to show it on (its record expired, or it began outside Slack): carried on all the
+            # same, so it does not stay listed as running for ever.
+            try:
+                await self._runs.recover(run_id)
+            except RunBusy:
+                pass
             return
         progress = record.progress_state()
         progress.status, progress.note = "working", "picked up again after a restart"
@@ -262,6 +313,10 @@ class Lifecycle:
             f"rewind {run_id}",
         )
         return target.checkpoint_id
+
+
+def _paused(run_id: str) -> str:
+    return f"Run `{run_id}` in this thread is waiting for approval on the card above; decide or cancel it first."
 
 
 def _duration(seconds: float) -> str:

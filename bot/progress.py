@@ -39,7 +39,8 @@ USER_ID = re.compile(r"[UW][A-Z0-9]+")
 
 # One word and one mark per state, the same wherever a state is shown (steps use the Unicode of the same marks).
 STATUS_LINE = {
-    "working": ":hourglass_flowing_sand: Working…",
+    "working": ":hourglass_flowing_sand: Working… (anything that needs approval gets an approval card first)",
+    "queued": ":hourglass: Queued: it starts when a worker is free",
     "waiting": ":raised_hand: Waiting for approval (see the card below)",
     "undelivered": ":raised_hand: Waiting for approval: the card was not delivered yet — retrying",
     "done": ":white_check_mark: Done",
@@ -94,6 +95,7 @@ class Progress:
     error: str = ""  # why it failed or stopped, or what the bot can do when nothing matched
     note: str = ""  # e.g. "rewound by @admin"
     card_undelivered: bool = False  # waiting, but the approval card has not reached Slack yet
+    ahead: int = 0  # while queued: how many runs were waiting ahead of this one when it was asked
     card_link: str = ""  # our own mrkdwn: where the card is when it is not in this thread (a review channel)
 
     # -- folding events -----------------------------------------------------------------------
@@ -200,6 +202,8 @@ class Progress:
     def render(self) -> tuple[str, list[Block]]:
         state = "undelivered" if self.status == "waiting" and self.card_undelivered else self.status
         status = STATUS_LINE.get(state, self.status)
+        if state == "queued" and self.ahead:
+            status = f":hourglass: Queued ({self.ahead} ahead): it starts when a worker is free"
         if state == "waiting" and self.card_link:
             status = f":raised_hand: Waiting for approval: {self.card_link}"
         blocks: list[Block] = [section(f"{status}")]

@@ -3,6 +3,13 @@
 The progress message is edited through the ``MessageUpdater`` (coalesced, within Slack's budget). An approval
 card is posted by whoever holds the thread's lock — the run's driver when it pauses, or a sweeper for a card
 that never reached Slack — so two replicas never post one card twice.
+
+No edit repeats what a card right below in the thread already says: while a run waits on such a card its
+progress message is left as it is (unless it was edited since it was posted and must catch up), and the
+card's decision is shown on the card, not again on the progress message. So a simple approval cycle (mention,
+card, approve, done) costs two ``chat.update``: the decided card and the end state. Where the card is not in
+the thread (a review channel) the progress message still says where it went, and a card not delivered yet
+still says so.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from .cards import CardRef, approval_card, closed_card, decided_card
 from .progress import Progress
 from .slack_io import POST_ATTEMPTS, SlackIO, Undelivered
 from .store import RunRecord, SlackStore
-from .updates import MessageUpdater
+from .updates import MessageUpdater, OnGone
 
 log = logging.getLogger(__name__)
 
@@ -89,15 +96,28 @@ class RunMessages:
 
     def show(self, progress: Progress, channel: str, ts: str) -> None:
         text, blocks = progress.render()
-        # End states and pauses jump the queue; streaming progress waits its turn.
+        # End states and pauses jump the queue; streaming progress waits its turn. The budget is shared fairly
+        # between the people runs work for, so one person's many runs do not hold back everyone else's.
         self._updater.submit(
-            channel, ts, text=text, blocks=blocks, final=progress.final or progress.status == "waiting"
+            channel,
+            ts,
+            text=text,
+            blocks=blocks,
+            final=progress.final or progress.status == "waiting",
+            owner=progress.requester or progress.run_id,
         )
+
+    def _leave_as_is(self, channel: str, ts: str, mark: int) -> bool:
+        """Whether the progress message can stay as Slack shows it while the card right below speaks: it was not
+        edited since it was posted, and what was submitted for it since ``mark`` is withdrawn (older undelivered
+        content, e.g. "queued" turning "working", must still go out, and then the message says "waiting")."""
+        return not self._updater.edited(channel, ts) and self._updater.withdraw(channel, ts, after=mark)
 
     def listener(self, record: RunRecord, progress: Progress) -> OnEvent:
         """What the run's events do to its thread: the progress message, cards, decided cards, the audit log."""
         run_id, channel, progress_ts = record.run_id, record.channel, record.progress_ts
         last_shown = [0.0]
+        mark = self._updater.version(channel, progress_ts)  # what was submitted before this listener
 
         async def on_event(event: RunEvent) -> None:
             if isinstance(event, Token):
@@ -109,8 +129,9 @@ class RunMessages:
                     last_shown[0] = now
                     self.show(progress, channel, progress_ts)
                 return
+            card_below = False  # the card of this event is right below the progress message, in its thread
             if isinstance(event, ReviewDecided):
-                await self.show_decision(run_id, event)
+                card_below = await self.show_decision(run_id, event)
                 await self._audit.record_decision(run_id, event)
                 progress.decided(
                     [
@@ -124,8 +145,13 @@ class RunMessages:
                 delivered = await self.deliver_card(run_id, event.interrupt_id, event.request)
                 progress.card_undelivered = not delivered
                 if delivered:
-                    progress.card_link = await self.card_elsewhere(run_id)
-            if progress.apply(event) or isinstance(event, ReviewDecided):
+                    progress.card_link, card_below = await self._card_place(run_id, event.interrupt_id)
+            changed = progress.apply(event)
+            if card_below and isinstance(event, ReviewDecided):
+                pass  # the decided card right below says who decided what; what runs next is shown as it runs
+            elif card_below and self._leave_as_is(channel, progress_ts, mark):
+                pass  # "waiting for approval (see the card below)" would repeat the card just posted below it
+            elif changed or isinstance(event, ReviewDecided):
                 self.show(progress, channel, progress_ts)
             if isinstance(event, ReviewRequested) or progress.final:
                 await self._store.save_progress(run_id, progress)
@@ -191,8 +217,38 @@ class RunMessages:
             card_for=interrupt_id,
             card_attempts=0,
             card_retry_at=0,
+            card_link="",
+            card_gone="",
         )
+        # The card's link, asked of Slack once, now, so /chatops pending lists links without a Slack call per
+        # card. In the background when the card is in the run's thread (the run need not wait for it); at once
+        # when it is in a review channel, where the progress message links to it.
+        if channel == record.channel:
+            self._io.spawn(self._note_link(run_id, channel, ts), f"link the card of {run_id}")
+        else:
+            await self._note_link(run_id, channel, ts)
         return True
+
+    async def _note_link(self, run_id: str, channel: str, ts: str) -> None:
+        """Keep the card's permalink in its run record. Slack's own link rather than one built from the
+        workspace URL (auth.test): it carries the thread (thread_ts, cid) as Slack spells it and is right for
+        Enterprise Grid domains and a local Slack alike, for one call per card. Without one (Slack not
+        answering), /chatops pending notes it when it checks the card."""
+        link = await self._io.permalink(channel, ts)
+        record = await self._store.run(run_id) if link else None
+        if link and record is not None and record.card_ts == ts:
+            await self._store.update(run_id, card_link=link)
+
+    def _watch_card(self, run_id: str, ts: str) -> OnGone:
+        """What to do when Slack says a card is gone: note it in the run record, so /chatops pending says so."""
+
+        async def gone() -> None:
+            record = await self._store.run(run_id)
+            if record is not None and record.card_ts == ts and record.card_gone != ts:
+                log.warning("the approval card of run %s (%s) is gone from Slack", run_id, ts)
+                await self._store.update(run_id, card_gone=ts)
+
+        return gone
 
     async def _origin(self, record: RunRecord, card_channel: str, *, decided: bool = False) -> str | None:
         """What a card says about where the request was made (our own mrkdwn), when it is not in its thread;
@@ -209,12 +265,20 @@ class RunMessages:
         link = await self._io.permalink(record.channel, record.thread_ts)
         return f"asked in <#{record.channel}>" + (f" (<{link}|the request's thread>)" if link else "")
 
-    async def card_elsewhere(self, run_id: str) -> str:
-        """Where the run's current card is, in mrkdwn, when it is not in the run's thread ("" when it is)."""
+    async def _card_place(self, run_id: str, interrupt_id: str) -> tuple[str, bool]:
+        """Where the review's card is: ``card_elsewhere``'s words, and whether it is on Slack in the run's own
+        thread, right below its progress message."""
         record = await self._store.run(run_id)
+        card = record.card(interrupt_id) if record else None
+        in_thread = record is not None and card is not None and card[0] == record.channel
+        return await self.card_elsewhere(run_id, record), in_thread
+
+    async def card_elsewhere(self, run_id: str, record: RunRecord | None = None) -> str:
+        """Where the run's current card is, in mrkdwn, when it is not in the run's thread ("" when it is)."""
+        record = record or await self._store.run(run_id)
         if record is None or not record.card_ts or record.card_channel in ("", record.channel):
             return ""
-        link = await self._io.permalink(record.card_channel, record.card_ts)
+        link = record.card_link or await self._io.permalink(record.card_channel, record.card_ts)
         where = f"<#{record.card_channel}>"
         return f"the card is in {where}" + (f": <{link}|open it>" if link else "")
 
@@ -246,11 +310,12 @@ class RunMessages:
             return now >= record.card_retry_at
         return now - pending.created_at >= CARD_GRACE_S  # the run's own process had its chance
 
-    async def show_decision(self, run_id: str, event: ReviewDecided) -> None:
+    async def show_decision(self, run_id: str, event: ReviewDecided) -> bool:
+        """Rewrite the review's card as decided; True if that card is in the run's own thread."""
         record = await self._store.run(run_id)
         card = record.card(event.interrupt_id) if record else None
         if record is None or card is None:
-            return
+            return False
         text, blocks = decided_card(
             CardRef(run_id, event.interrupt_id),
             event.request,
@@ -260,7 +325,20 @@ class RunMessages:
             task=record.task,
             origin=await self._origin(record, card[0], decided=True),
         )
-        self._updater.submit(*card, text=text, blocks=blocks, final=True)
+        self._submit_card(record, card, text, blocks)
+        return card[0] == record.channel
+
+    def _submit_card(self, record: RunRecord, card: tuple[str, str], text: str, blocks: list[Any]) -> None:
+        """A card's new content: what a person just did (decided, approved, closed), so ahead of every run's
+        progress and end states."""
+        self._updater.submit(
+            *card,
+            text=text,
+            blocks=blocks,
+            decision=True,
+            owner=record.requester or record.run_id,
+            on_gone=self._watch_card(record.run_id, card[1]),
+        )
 
     def show_proposal(
         self,
@@ -286,7 +364,7 @@ class RunMessages:
             proposal=proposal,
             expires_at=pending.created_at + self._policy.expires_after_s,
         )
-        self._updater.submit(*card, text=text, blocks=blocks, final=True)
+        self._submit_card(record, card, text, blocks)
 
     async def close_card(self, run_id: str, pending: PendingReview, *, title: str, reason: str) -> None:
         """A card that can no longer be answered (cancelled, expired, replaced), with ``reason`` in our words."""
@@ -303,4 +381,4 @@ class RunMessages:
             requester=record.requester or None,
             origin=await self._origin(record, card[0], decided=True),
         )
-        self._updater.submit(*card, text=text, blocks=blocks, final=True)
+        self._submit_card(record, card, text, blocks)

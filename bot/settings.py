@@ -25,6 +25,14 @@ def _ids(raw: str | None, name: str) -> frozenset[str]:
     return ids
 
 
+def _count(raw: str | None, name: str, default: int, *, minimum: int) -> int:
+    if raw in (None, ""):
+        return default
+    if not raw.strip().isdigit() or int(raw) < minimum:
+        raise ConfigError(f"{name} must be a whole number of at least {minimum}, got {raw!r}")
+    return int(raw)
+
+
 def _flag(raw: str | None, name: str, default: bool) -> bool:
     if raw in (None, ""):
         return default
@@ -48,6 +56,8 @@ class BotSettings:
     update_budget_per_minute: int = 45  # chat.update is Tier 3 (~50/min per workspace)
     review_channel: str | None = None  # CHATOPS_REVIEW_CHANNEL: where cards of DM requests (or all) are posted
     review_all: bool = False  # CHATOPS_REVIEW_ALL: every request's card goes to the review channel
+    max_active_runs: int = 8  # CHATOPS_MAX_ACTIVE_RUNS: runs one process starts and works on at once; more queue
+    max_runs_per_user: int = 5  # CHATOPS_MAX_RUNS_PER_USER: one person's queued and working runs (0: no limit)
     host: str = "0.0.0.0"  # HOST: the HTTP listener's address (/slack/events, /healthz)
     log_level: str = "INFO"  # LOG_LEVEL: DEBUG, INFO, WARNING or ERROR
     core: CoreSettings = field(default_factory=CoreSettings)  # the model, Redis, tools and the approval policy
@@ -94,6 +104,15 @@ class BotSettings:
         review_all = _flag(env.get("CHATOPS_REVIEW_ALL"), "CHATOPS_REVIEW_ALL", False)
         if review_all and not review_channel:
             raise ConfigError("CHATOPS_REVIEW_ALL needs CHATOPS_REVIEW_CHANNEL: the channel every card goes to")
+        max_active = _count(env.get("CHATOPS_MAX_ACTIVE_RUNS"), "CHATOPS_MAX_ACTIVE_RUNS", 8, minimum=1)
+        per_user = _count(env.get("CHATOPS_MAX_RUNS_PER_USER"), "CHATOPS_MAX_RUNS_PER_USER", 5, minimum=0)
+        core = CoreSettings.from_env(env)
+        if max_active * 2 > core.redis_max_connections:
+            # Each idle worker holds a pooled connection in a blocking read: half the pool stays for everything else.
+            raise ConfigError(
+                f"CHATOPS_MAX_ACTIVE_RUNS ({max_active}) may be at most half of CHATOPS_REDIS_MAX_CONNECTIONS "
+                f"({core.redis_max_connections}): each waiting worker holds a Redis connection"
+            )
         return cls(
             bot_token=bot_token,
             signing_secret=signing_secret,
@@ -106,7 +125,9 @@ class BotSettings:
             allow_self_approval=_flag(env.get("CHATOPS_ALLOW_SELF_APPROVAL"), "CHATOPS_ALLOW_SELF_APPROVAL", False),
             review_channel=review_channel,
             review_all=review_all,
+            max_active_runs=max_active,
+            max_runs_per_user=per_user,
             host=env.get("HOST") or "0.0.0.0",
             log_level=log_level,
-            core=CoreSettings.from_env(env),
+            core=core,
         )

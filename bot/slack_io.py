@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,8 @@ GONE_ERRORS = frozenset({"channel_not_found", "message_not_found", "thread_not_f
 NOT_RECORDED = "I could not record that: my storage is not answering. Nothing was changed; try again in a minute."
 # What slack-sdk raises when Slack cannot be reached at all (as opposed to Slack answering with an error).
 UNREACHABLE = (OSError, asyncio.TimeoutError, aiohttp.ClientError)
+LOCATE_CONCURRENCY = 10  # chat.getPermalink calls in flight at once when checking several messages
+LOCATE_WAIT_S = 2.0  # what a check of several messages may take in all; the rest count as not checked
 
 
 @dataclass(frozen=True)
@@ -173,3 +175,36 @@ class SlackIO:
             return None, exc.response.get("error") in GONE_ERRORS
         except UNREACHABLE:
             return None, False
+
+    async def locate_all(
+        self,
+        messages: Iterable[tuple[str, str]],
+        *,
+        concurrency: int = LOCATE_CONCURRENCY,
+        wait_s: float = LOCATE_WAIT_S,
+    ) -> dict[tuple[str, str], tuple[str | None, bool]]:
+        """``locate`` for several (channel, ts) at once: at most ``concurrency`` calls in flight, ``wait_s`` in all.
+        A message whose check did not answer in time is left out (neither found nor gone)."""
+        wanted = list(dict.fromkeys(m for m in messages if m[0] and m[1]))
+        if not wanted:
+            return {}
+        gate = asyncio.Semaphore(max(1, concurrency))
+
+        async def one(message: tuple[str, str]) -> tuple[str | None, bool]:
+            async with gate:
+                return await self.locate(*message)
+
+        checks = {asyncio.ensure_future(one(m)): m for m in wanted}
+        done, late = await asyncio.wait(checks, timeout=wait_s)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.wait(late)
+            log.warning("%d of %d message checks did not answer within %.1fs", len(late), len(wanted), wait_s)
+        found: dict[tuple[str, str], tuple[str | None, bool]] = {}
+        for task in done:
+            if task.exception() is None:
+                found[checks[task]] = task.result()
+            else:
+                log.warning("checking %s/%s failed: %s", *checks[task], type(task.exception()).__name__)
+        return found

@@ -16,7 +16,7 @@ from typing import Any, cast
 from redis.asyncio import Redis
 
 from graphs.keys import DEFAULT_TTL_S, Keys
-from graphs.types import Decision
+from graphs.types import Decision, PendingReview
 
 from .progress import Progress
 
@@ -37,6 +37,11 @@ if holder then return {0, holder} end
 local claim = cjson.encode({token = ARGV[1], requester = ARGV[2], task = ARGV[3]})
 redis.call('SET', KEYS[1], claim, 'PX', ARGV[4])
 return {1, claim}
+"""
+_EXTEND_TURN = """
+local holder = redis.call('GET', KEYS[1])
+if holder and cjson.decode(holder)['token'] == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
 """
 _RELEASE_TURN = """
 local holder = redis.call('GET', KEYS[1])
@@ -66,6 +71,8 @@ class RunRecord:
     card_for: str = ""  # the review whose card is being delivered (attempts and retry time below)
     card_attempts: int = 0  # failed posts of that card so far
     card_retry_at: float = 0.0  # when a sweeper may try posting it again (epoch s; 0: not scheduled)
+    card_link: str = ""  # the card's permalink, asked of Slack once when it was posted
+    card_gone: str = ""  # the ts of a card Slack said is gone (deleted, or the workspace was reset)
 
     @classmethod
     def from_hash(cls, run_id: str, data: dict[str, str]) -> RunRecord:
@@ -88,6 +95,11 @@ class RunRecord:
         if self.card_interrupt == interrupt_id and self.card_ts:
             return self.card_channel or self.channel, self.card_ts
         return None
+
+    @property
+    def card_is_gone(self) -> bool:
+        """Slack said the current card is gone: nobody can decide it any more."""
+        return bool(self.card_ts) and self.card_gone == self.card_ts
 
 
 @dataclass(frozen=True)
@@ -148,6 +160,10 @@ class SlackStore:
         holder = json.loads(raw)
         return Turn(holder["requester"], holder["task"], holder["token"], mine=bool(won))
 
+    async def extend_turn(self, run_id: str, turn: Turn, seconds: float) -> None:
+        """Keep holding the turn for ``seconds`` more (while its task waits in the queue)."""
+        await self.redis.eval(_EXTEND_TURN, 1, self._keys.turn(run_id), turn.token, int(seconds * 1000))
+
     async def release_turn(self, run_id: str, turn: Turn) -> None:
         await self.redis.eval(_RELEASE_TURN, 1, self._keys.turn(run_id), turn.token)
 
@@ -170,6 +186,52 @@ class SlackStore:
 
     async def save_progress(self, run_id: str, progress: Progress) -> None:
         await self.update(run_id, progress=progress.to_json())
+
+    async def run_fields(self, run_ids: list[str], *names: str) -> list[dict[str, str]]:
+        """Some fields of many run records, in one round trip ("" for a field or record that is not there)."""
+        if not run_ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for run_id in run_ids:
+                pipe.hmget(self._keys.slack_run(run_id), list(names))
+            rows = await pipe.execute()
+        return [{name: value or "" for name, value in zip(names, row, strict=True)} for row in rows]
+
+    # --- the listing of waiting reviews (read-only) ---------------------------------------------
+
+    async def pending_page(self, count: int | None = None) -> tuple[int, list[tuple[str, float]]]:
+        """How many runs the run index lists as waiting for a review, and the first ``count`` of them (all with
+        None), oldest first, each with when its review was asked: the index's ``pending`` zset and its scores,
+        in one round trip, without reading a single review.
+
+        This reads graphs.run_index's keys (read-only) because ``Runs.pending()`` reads every review, one round
+        trip each, whatever is shown. Entries whose run expired are dropped by the index when it lists them
+        (the sweeper does so every few seconds); here they are skipped by ``pending_details``."""
+        stop = -1 if count is None else max(0, count) - 1
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(self._keys.pending)
+            pipe.zrange(self._keys.pending, 0, stop, withscores=True)
+            total, entries = await pipe.execute()
+        if count == 0:
+            entries = []
+        return int(total), [(str(member), float(score)) for member, score in entries]
+
+    async def pending_details(self, run_ids: list[str]) -> list[tuple[RunRecord | None, PendingReview | None]]:
+        """The run record and the listed review of each run, in one round trip; None for what is not there (a
+        review that is None: the listing outlived its run)."""
+        if not run_ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for run_id in run_ids:
+                pipe.hgetall(self._keys.slack_run(run_id))
+                pipe.hget(self._keys.run(run_id), "pending")  # graphs.run_index's copy of the review (JSON)
+            replies = await pipe.execute()
+        details: list[tuple[RunRecord | None, PendingReview | None]] = []
+        for n, run_id in enumerate(run_ids):
+            data, raw = replies[2 * n], replies[2 * n + 1]
+            record = RunRecord.from_hash(run_id, data) if data else None
+            details.append((record, PendingReview(**json.loads(raw)) if raw else None))
+        return details
 
     # --- dialogs --------------------------------------------------------------------------------
 

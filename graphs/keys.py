@@ -20,6 +20,9 @@ key                                       type     kept             written by �
 ``{p}lock:{thread}``                      string   15 s, extended   graphs.locks — who drives the thread now
 ``{p}exec:{thread}:{review}:{call}``      string   TTL              graphs.ledger — a call started / its result
                                                                     (``{review}``: the review step's task id)
+``{p}history:{thread}``                   hash     TTL              graphs.history — per checkpoint id, its history
+                                                                    line (a CheckpointInfo as JSON), written when a
+                                                                    run stops; pruned with the checkpoints
 ``{p}slack:thread:{channel}:{ts}``        string   TTL              bot.store — the run a Slack thread belongs to
 ``{p}slack:run:{run}``                    hash     TTL              bot.store — the Slack side of a run (RunRecord)
 ``{p}slack:turn:{run}``                   string   120 s            bot.store — who is starting a task in the thread
@@ -28,12 +31,21 @@ key                                       type     kept             written by �
 ``{p}slack:approvals:{run}:{i}:proposal`` string   TTL              bot.store — a multi-approver card's proposal
                                                                     (``{i}``: the review's interrupt id)
 ``{p}slack:approvals:{run}:{i}:by``       zset     TTL              bot.store — who approved that proposal, by when
+``{p}slack:queue``                         stream   until started    bot.queue — runs waiting for a worker (consumer
+                                                                    group ``workers``; an entry is deleted once its
+                                                                    run started or was refused)
+``{p}slack:started:{run}:{token}``        string   TTL              bot.queue — that queued task was started once
+``{p}slack:active:{user}``                zset     TTL              bot.queue — a person's queued and working runs,
+                                                                    scored by when the entry lapses
 ``{p}audit``, ``{p}audit:run:{run}``      stream   —                bot.audit — every decision, edit, rewind, cancel
 ``{p}budget:chat.update``                 zset     60 s window      bot.updates — chat.update calls of all replicas
 ``{p}budget:chat.update:blocked``         string   Retry-After      bot.updates — Slack asked every replica to wait
 ``checkpoint*``, ``write_keys_zset:*``    json…    TTL              langgraph-checkpoint-redis — the checkpoints,
                                                                     their writes and latest pointers, by thread id;
                                                                     **not** under the prefix
+``checkpoint_values:{thread}``            hash     TTL              graphs.checkpoints — the values checkpoints
+                                                                    refer to (messages, reviews), each stored once;
+                                                                    refreshed with every checkpoint of the thread
 ========================================  =======  ===============  =================================================
 
 TTL is ``CHATOPS_TTL_MINUTES`` (``DEFAULT_TTL_S``, 7 days), refreshed when written. The audit streams are kept
@@ -77,6 +89,9 @@ class Keys:
     def ledger_prefix(self) -> str:
         return f"{self.prefix}exec:"
 
+    def history(self, thread_id: str) -> str:
+        return f"{self.prefix}history:{thread_id}"
+
     # --- the Slack side (bot) ---------------------------------------------------------------------
     def slack_thread(self, channel: str, thread_ts: str) -> str:
         return f"{self.prefix}slack:thread:{channel}:{thread_ts}"
@@ -98,6 +113,16 @@ class Keys:
 
     def approved_by(self, run_id: str, interrupt_id: str) -> str:
         return f"{self.prefix}slack:approvals:{run_id}:{interrupt_id}:by"
+
+    @property
+    def run_queue(self) -> str:
+        return f"{self.prefix}slack:queue"
+
+    def queued_start(self, run_id: str, token: str) -> str:
+        return f"{self.prefix}slack:started:{run_id}:{token}"
+
+    def active_runs(self, user: str) -> str:
+        return f"{self.prefix}slack:active:{user}"
 
     @property
     def audit(self) -> str:

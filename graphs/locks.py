@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,6 +130,16 @@ class ThreadLocks:
 
     async def is_held(self, thread_id: str) -> bool:
         return bool(await self._redis.exists(self._prefix + thread_id))
+
+    async def held(self, thread_ids: Sequence[str]) -> set[str]:
+        """Which of ``thread_ids`` someone holds now (one round trip)."""
+        if not thread_ids:
+            return set()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for thread_id in thread_ids:
+                pipe.exists(self._prefix + thread_id)
+            found = await pipe.execute()
+        return {thread_id for thread_id, exists in zip(thread_ids, found, strict=True) if exists}
 
     def stop_reason(self) -> str | None:
         """Why the current task is being stopped because it lost its hold on a thread, or None. Lets code

@@ -30,6 +30,7 @@ from dataclasses import asdict
 from typing import Protocol, cast
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.typing import EncodableT, FieldT
 
 from .keys import DEFAULT_TTL_S, Keys
@@ -78,6 +79,24 @@ class RunIndex(Protocol):
     async def clear_cancel(self, thread_id: str) -> None:
         """Forget a cancel request (the run was stopped, or a new turn starts)."""
 
+    # Each of these is one atomic write (a MULTI/EXEC in Redis): a run is never seen half moved, and costs one
+    # round trip instead of one per field.
+
+    async def open_turn(self, thread_id: str, at: float, **fields: str | float | None) -> None:
+        """A new task starts on the thread: ``begin``, set ``fields``, clear a cancel request, mark it running."""
+
+    async def take(
+        self, thread_id: str, at: float, *, clear_cancel: bool = False, **fields: str | float | None
+    ) -> None:
+        """A process is about to drive the thread on: marked running, its review (if any) no longer listed, ``fields``
+        set; with ``clear_cancel``, an old cancel request forgotten."""
+
+    async def pause(self, review: PendingReview) -> None:
+        """The run stopped to wait for ``review``: ``list_pending`` and no longer running."""
+
+    async def close(self, thread_id: str, **fields: str | float | None) -> None:
+        """The run ended (done, failed, cancelled...): no review listed, no longer running, ``fields`` set."""
+
 
 class RedisRunIndex:
     """The index of one deployment (``keys``); a run's hash is kept ``ttl_s`` after its last write.
@@ -112,13 +131,17 @@ class RedisRunIndex:
         await self._redis.hdel(self._keys.run(thread_id), "pending")
 
     async def pending(self) -> list[PendingReview]:
-        reviews = []
-        for thread_id in cast(list[str], await self._redis.zrange(self._keys.pending, 0, -1)):
-            raw = cast(str | None, await self._redis.hget(self._keys.run(thread_id), "pending"))
-            if raw:
-                reviews.append(_review_from_json(raw))
-            else:  # the run expired: drop it from the listing
-                await self._redis.zrem(self._keys.pending, thread_id)
+        threads = cast(list[str], await self._redis.zrange(self._keys.pending, 0, -1))
+        if not threads:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for thread_id in threads:
+                pipe.hget(self._keys.run(thread_id), "pending")
+            raws = cast(list[str | None], await pipe.execute())
+        reviews = [_review_from_json(raw) for raw in raws if raw]
+        expired = [thread_id for thread_id, raw in zip(threads, raws, strict=True) if not raw]
+        if expired:  # those runs expired: drop them from the listing
+            await self._redis.zrem(self._keys.pending, *expired)
         return reviews
 
     async def mark_running(self, thread_id: str, at: float) -> None:
@@ -139,6 +162,47 @@ class RedisRunIndex:
 
     async def clear_cancel(self, thread_id: str) -> None:
         await self._redis.delete(self._keys.cancel(thread_id))
+
+    async def open_turn(self, thread_id: str, at: float, **fields: str | float | None) -> None:
+        key = self._keys.run(thread_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hsetnx(key, "created_at", at)
+            self._set(pipe, thread_id, fields)
+            pipe.delete(self._keys.cancel(thread_id))
+            pipe.zadd(self._keys.running, {thread_id: at})
+            await pipe.execute()
+
+    async def take(
+        self, thread_id: str, at: float, *, clear_cancel: bool = False, **fields: str | float | None
+    ) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(self._keys.running, {thread_id: at})
+            pipe.zrem(self._keys.pending, thread_id)
+            pipe.hdel(self._keys.run(thread_id), "pending")
+            if clear_cancel:
+                pipe.delete(self._keys.cancel(thread_id))
+            self._set(pipe, thread_id, fields)
+            await pipe.execute()
+
+    async def pause(self, review: PendingReview) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            self._set(pipe, review.thread_id, {"status": "waiting", "pending": _review_json(review)})
+            pipe.zadd(self._keys.pending, {review.thread_id: review.created_at})
+            pipe.zrem(self._keys.running, review.thread_id)
+            await pipe.execute()
+
+    async def close(self, thread_id: str, **fields: str | float | None) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(self._keys.pending, thread_id)
+            pipe.hdel(self._keys.run(thread_id), "pending")
+            self._set(pipe, thread_id, fields)
+            pipe.zrem(self._keys.running, thread_id)
+            await pipe.execute()
+
+    def _set(self, pipe: Pipeline, thread_id: str, fields: Mapping[str, str | float | None]) -> None:
+        key = self._keys.run(thread_id)
+        pipe.hset(key, mapping=_stored({**fields, "updated_at": time.time()}))
+        pipe.expire(key, self._ttl_s)
 
 
 class MemoryRunIndex:
@@ -190,6 +254,30 @@ class MemoryRunIndex:
 
     async def clear_cancel(self, thread_id: str) -> None:
         self._cancels.pop(thread_id, None)
+
+    async def open_turn(self, thread_id: str, at: float, **fields: str | float | None) -> None:
+        await self.begin(thread_id, at)
+        await self.update(thread_id, **fields)
+        await self.clear_cancel(thread_id)
+        await self.mark_running(thread_id, at)
+
+    async def take(
+        self, thread_id: str, at: float, *, clear_cancel: bool = False, **fields: str | float | None
+    ) -> None:
+        await self.mark_running(thread_id, at)
+        await self.clear_pending(thread_id)
+        if clear_cancel:
+            await self.clear_cancel(thread_id)
+        await self.update(thread_id, **fields)
+
+    async def pause(self, review: PendingReview) -> None:
+        await self.list_pending(review)
+        await self.clear_running(review.thread_id)
+
+    async def close(self, thread_id: str, **fields: str | float | None) -> None:
+        await self.clear_pending(thread_id)
+        await self.update(thread_id, **fields)
+        await self.clear_running(thread_id)
 
 
 def _stored(fields: Mapping[str, str | float | None]) -> dict[FieldT, EncodableT]:

@@ -7,12 +7,14 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from langgraph.checkpoint.redis.aio import AsyncRedisSaver
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ResponseError
 
 from .agent import SYSTEM_PROMPT, build_graph
 from .builtin_tools import BUNDLED_RUNBOOKS, PostMessage, build_registry
+from .checkpoints import CompactRedisSaver
 from .embedded_redis import EmbeddedRedis
 from .ledger import RedisLedger
 from .outbound import OutboundGuard
@@ -37,8 +39,32 @@ class Runtime:
     embedded: EmbeddedRedis | None  # the embedded server started because REDIS_URL was unset, else None
 
 
-async def open_saver(redis_url: str, ttl_minutes: int) -> AsyncRedisSaver:
-    saver = AsyncRedisSaver(redis_url=redis_url, ttl={"default_ttl": ttl_minutes, "refresh_on_read": True})
+def redis_client(
+    redis_url: str, *, decode_responses: bool, max_connections: int = 100, pool_timeout_s: float = 20.0
+) -> Redis:
+    """A client whose pool, when all ``max_connections`` are busy (a burst of runs), makes a call wait up to
+    ``pool_timeout_s`` for one instead of failing at once. Each call is bounded too: a Redis that stops answering
+    fails it in seconds instead of hanging a click forever."""
+    pool = BlockingConnectionPool.from_url(
+        redis_url,
+        decode_responses=decode_responses,
+        max_connections=max_connections,
+        timeout=pool_timeout_s,
+        socket_timeout=10,
+        socket_connect_timeout=5,
+        # As Redis() does by default (a pool built by hand gets none): a connection that broke while Redis was
+        # away is retried on a fresh one, so the first call after Redis is back does not fail.
+        retry=Retry(ExponentialWithJitterBackoff(base=0.1, cap=2), 3),
+    )
+    return Redis.from_pool(pool)
+
+
+async def open_saver(redis: Redis, ttl_minutes: int) -> CompactRedisSaver:
+    """The checkpointer, on ``redis`` (which answers bytes, as the saver expects; the caller closes it).
+
+    Keys expire ``ttl_minutes`` after they are written. ``refresh_on_read`` is off: refreshing costs a TTL read and an
+    EXPIRE per key on every read, and a thread's keys are rewritten by every run of it anyway."""
+    saver = CompactRedisSaver(redis_client=redis, ttl={"default_ttl": ttl_minutes, "refresh_on_read": False})
     for attempt in range(3):
         try:
             await saver.asetup()
@@ -68,12 +94,16 @@ async def open_runtime(
         embedded = EmbeddedRedis(settings.data_dir / "redis").start()
         redis_url = embedded.url
         log.info("started embedded Redis on %s (data in %s)", redis_url, settings.data_dir / "redis")
-    # Bounded: a Redis that stops answering fails a call in seconds instead of hanging a click forever.
-    redis = Redis.from_url(redis_url, decode_responses=True, socket_timeout=10, socket_connect_timeout=5)
+    pool_size, pool_timeout_s = settings.redis_max_connections, settings.redis_pool_timeout_s
+    redis = redis_client(redis_url, decode_responses=True, max_connections=pool_size, pool_timeout_s=pool_timeout_s)
+    # The saver's own client: it expects bytes.
+    saver_redis = redis_client(
+        redis_url, decode_responses=False, max_connections=pool_size, pool_timeout_s=pool_timeout_s
+    )
     saver = None
     try:
         # Inside the try: a cancel or failure while the saver opens still stops what was started above.
-        saver = await open_saver(redis_url, settings.ttl_minutes)
+        saver = await open_saver(saver_redis, settings.ttl_minutes)
         runbooks = settings.runbooks_dir or BUNDLED_RUNBOOKS
         registry = build_registry(
             runbooks,
@@ -100,6 +130,7 @@ async def open_runtime(
     finally:
         if saver is not None:
             await saver.__aexit__(None, None, None)
+        await saver_redis.aclose()
         await redis.aclose()
         if embedded is not None:
             embedded.stop()

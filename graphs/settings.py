@@ -29,6 +29,10 @@ class CoreSettings:
     runbook_timeout_s: float = 60.0
     health_url: str | None = None  # what the offline planner checks when a request says "API" without a URL
     key_prefix: str = DEFAULT_PREFIX  # two deployments sharing one Redis need different prefixes
+    # Each of the core's two Redis clients (the bot's keys and run index; the checkpointer) keeps at most this many
+    # connections; a call that finds them all busy waits up to redis_pool_timeout_s for one, then fails.
+    redis_max_connections: int = 100
+    redis_pool_timeout_s: float = 20.0
     # The whole environment a runbook starts with: PATH, HOME, LANG, LC_ALL, TZ and the names listed in
     # CHATOPS_RUNBOOK_ENV, never the bot's own tokens.
     runbook_env: dict[str, str] = field(default_factory=lambda: child_env(os.environ))
@@ -80,6 +84,8 @@ class CoreSettings:
             runbook_timeout_s=number("CHATOPS_RUNBOOK_TIMEOUT", 60.0),
             health_url=env.get("CHATOPS_HEALTH_URL") or None,
             key_prefix=env.get("CHATOPS_KEY_PREFIX") or DEFAULT_PREFIX,
+            redis_max_connections=int(number("CHATOPS_REDIS_MAX_CONNECTIONS", 100, int)),
+            redis_pool_timeout_s=number("CHATOPS_REDIS_POOL_TIMEOUT", 20.0),
             runbook_env=child_env(env, (env.get("CHATOPS_RUNBOOK_ENV") or "").replace(",", " ").split()),
             secrets=frozenset(secret_values(env)),
             http_allow=env.get("CHATOPS_HTTP_ALLOW") or "",

@@ -218,6 +218,10 @@ class _Handler(BaseHTTPRequestHandler):
     # a cut stream then surfaces as an incomplete chunked body instead of a clean end of file.
     protocol_version = "HTTP/1.1"
     timeout = 30  # idle keep-alive connections must not pin handler threads forever
+    # TCP_NODELAY on every accepted socket. With Nagle's algorithm on, a small write that follows another one not
+    # yet acknowledged waits for the client's delayed ACK (~40 ms on Linux): a streamed reply's chunks, and the
+    # headers-then-body of a plain answer, stalled every back-to-back model call by about that much.
+    disable_nagle_algorithm = True
     server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
@@ -305,15 +309,16 @@ class _Handler(BaseHTTPRequestHandler):
             if cut_after is not None:
                 self.close_connection = True
                 return
-            self._write_chunk("data: [DONE]\n\n")
-            self.wfile.write(b"0\r\n\r\n")
-            self.wfile.flush()
+            # [DONE] and the chunked body's terminator in one write: the client sees the end of the stream at once.
+            self._write_chunk("data: [DONE]\n\n", last=True)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True  # the client went away; nothing left to tell it
 
-    def _write_chunk(self, text: str) -> None:
+    def _write_chunk(self, text: str, *, last: bool = False) -> None:
+        """One chunk of the chunked body (size line, data, CRLF; with `last`, the terminating zero-size chunk too)
+        in a single write, so each reaches the client as one segment."""
         data = text.encode()
-        self.wfile.write(f"{len(data):X}\r\n".encode() + data + b"\r\n")
+        self.wfile.write(b"%X\r\n%b\r\n%b" % (len(data), data, b"0\r\n\r\n" if last else b""))
         self.wfile.flush()
 
     def _authorized(self) -> bool:

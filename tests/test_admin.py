@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.commands import FOLLOWS
 from sandbox.slack import LocalSlack
 
 from .bot_support import (
@@ -39,9 +40,19 @@ def env(slack, redis_url, model, runbooks):
 
 
 async def chatops(slack: LocalSlack, user: str, text: str) -> str:
+    """The answer as the caller sees it: the ack's, or (for an answer not ready by then) the one that follows
+    through the command's response_url."""
+    later = len([e for e in slack.ephemerals(user) if e.get("source") == "response_url"])
     answer = await slack.slash_command(user, OPS, "/chatops", text)
     assert answer.status == 200, answer.body
-    return answer.body
+    if answer.body != FOLLOWS:
+        return answer.body
+    followed = await slack.wait_for(
+        lambda: [e for e in slack.ephemerals(user) if e.get("source") == "response_url"][later:],
+        timeout=15,
+        description="the answer through the response_url",
+    )
+    return str(followed[0]["text"])
 
 
 def run_id_of(card: dict) -> str:

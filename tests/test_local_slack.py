@@ -266,6 +266,25 @@ async def test_chat_update_rate_limit() -> None:
         assert slack.rate("chat.postMessage") == 1  # other methods have their own budget
 
 
+async def test_added_api_latency_delays_every_call() -> None:
+    # Off by default; when set, every Web API call waits at least that long before it is handled (a lower bound
+    # only: how much longer a loaded machine takes is not this test's business).
+    with LocalSlack(SECRET) as plain:
+        assert plain.api_latency_ms == 0
+    with LocalSlack(SECRET, api_latency_ms=120) as slack:
+        client = AsyncWebClient(token=TOKEN, base_url=slack.api_url)
+        ts = (await client.chat_postMessage(channel=OPS, text="slow"))["ts"]
+        await client.chat_getPermalink(channel=OPS, message_ts=ts)
+        slack.api_latency_ms = 60  # settable while serving
+        await client.chat_update(channel=OPS, ts=ts, text="slower")
+        calls = slack.calls()
+        assert [c["method"] for c in calls] == ["chat.postMessage", "chat.getPermalink", "chat.update"]
+        assert [c["latency_ms"] >= floor for c, floor in zip(calls, (120, 120, 60), strict=True)] == [True] * 3
+        assert slack.message(OPS, ts)["text"] == "slower"  # type: ignore[index]
+        with pytest.raises(ValueError, match="api_latency_ms"):
+            slack.api_latency_ms = -1
+
+
 # ---------------------------------------------------------------------- delivery to a real Bolt app
 
 

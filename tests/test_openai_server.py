@@ -96,6 +96,24 @@ async def test_streamed_text_arrives_in_several_chunks(server: ScriptedOpenAI) -
     assert server.requests[0]["stream"] is True
 
 
+async def test_back_to_back_streams_on_one_connection_arrive_whole_and_in_order(server: ScriptedOpenAI) -> None:
+    # One kept-alive connection, as ChatOpenAI's pool uses it: every reply's chunks in order, each ended by [DONE].
+    server.add_rule(rule({"text": "one two three four five six seven"}))
+    auth = {"Authorization": "Bearer test-key"}
+    request = {"model": "scripted", "stream": True, "messages": [{"role": "user", "content": "count"}]}
+    replies: list[list[str]] = []
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=WAIT) as client:
+        for _ in range(5):
+            async with client.stream("POST", "/chat/completions", json=request, headers=auth) as response:
+                replies.append([line.removeprefix("data: ") async for line in response.aiter_lines() if line])
+
+    for events in replies:
+        assert events[-1] == "[DONE]"
+        deltas = [json.loads(e)["choices"][0]["delta"] for e in events[:-1]]
+        assert "".join(d.get("content") or "" for d in deltas) == "one two three four five six seven"
+        assert [d.get("content") for d in deltas[1:8]] == ["one ", "two ", "three ", "four ", "five ", "six ", "seven"]
+
+
 async def test_streamed_reply_with_three_tool_calls(server: ScriptedOpenAI) -> None:
     server.add_rule(rule({"text": "Checking.", "tool_calls": THREE_CALLS}))
 

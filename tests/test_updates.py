@@ -16,7 +16,7 @@ import redis.asyncio
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.updates import MessageUpdater, SharedBudget
+from bot.updates import MessageUpdater, Priority, SharedBudget
 from graphs.keys import Keys
 from sandbox.slack import LocalSlack
 
@@ -161,7 +161,7 @@ async def test_final_goes_ahead_of_progress_when_the_budget_is_short(
     assert u.stats["pending"] == 3 and u.stats["coalesced"] == 1
 
     # A card decided now still shows at once: the reserved slot takes it, ahead of the waiting progress.
-    u.submit(channel, ts[3], text="run 3: approved", final=True)
+    u.submit(channel, ts[3], text="run 3: approved", decision=True)
     await slack.wait_for(lambda: text_of(slack, channel, ts[3]) == "run 3: approved", timeout=5)
     assert len(updates(slack)) == 3 and slack.peak_rate("chat.update") <= 3
 
@@ -206,7 +206,8 @@ async def test_two_replicas_stay_within_one_budget(
         updaters, AsyncWebClient(token=TOKEN, base_url=slack.api_url), rds, keys=Keys(prefix), per_minute=10
     )
     for i, t in enumerate(ts):
-        (a if i % 2 else b).submit(channel, t, text=f"run {i}: done", final=True)
+        # Card decisions: the class that may use the whole window (end states leave a slot for decisions).
+        (a if i % 2 else b).submit(channel, t, text=f"run {i}: decided", decision=True)
 
     await slack.wait_for(lambda: len(updates(slack)) >= 10, timeout=5)
     await asyncio.sleep(0.5)
@@ -332,3 +333,119 @@ async def test_close_is_bounded_when_slack_keeps_us_waiting(
     assert time.monotonic() - started_at < 2
     assert await flushed is False
     assert len(updates(slack)) == 1
+
+
+# ---------------------------------------------------------------------- classes, fairness, settling (issue 11)
+
+
+def test_the_window_keeps_slots_for_end_states_and_more_for_decisions(rds: redis.asyncio.Redis) -> None:
+    def limits(per_minute: int) -> list[int]:
+        budget = SharedBudget(rds, "unused", per_minute)
+        return [budget.limit(p) for p in (Priority.PROGRESS, Priority.END, Priority.DECISION)]
+
+    assert limits(45) == [30, 42, 45]  # 2 edits per approval cycle: 22 budgeted cycles a minute
+    assert limits(10) == [6, 9, 10]
+    assert limits(3) == [2, 2, 3]
+    assert limits(2) == [2, 2, 2]
+
+
+async def test_end_states_of_one_replica_leave_a_slot_for_another_replicas_decision(
+    rds: redis.asyncio.Redis, prefix: str
+) -> None:
+    key = Keys(prefix).budget("chat.update")
+    flooding, deciding = SharedBudget(rds, key, 10, 30.0), SharedBudget(rds, key, 10, 30.0)
+    assert [await flooding.acquire(Priority.END) for _ in range(9)] == [0.0] * 9
+    assert await flooding.acquire(Priority.END) > 0
+    assert await deciding.acquire(Priority.PROGRESS) > 0
+    assert await deciding.acquire(Priority.DECISION) == 0.0
+
+
+async def test_decisions_go_first_then_end_states_then_progress_shared_round_robin_between_owners(
+    slack: LocalSlack, client: AsyncWebClient, rds: redis.asyncio.Redis, prefix: str, updaters: list[MessageUpdater]
+) -> None:
+    channel, ts = await post(client, slack, 11)
+    u = await started(updaters, client, rds, keys=Keys(prefix), message_interval_s=0, settle_s=0)
+    for i in range(6):  # one person's flood of progress
+        u.submit(channel, ts[i], text=f"flood {i}", owner="U0FLOOD")
+    u.submit(channel, ts[6], text="other 0", owner="U0OTHER")
+    u.submit(channel, ts[7], text="other 1", owner="U0OTHER")
+    u.submit(channel, ts[8], text="flood ended", final=True, owner="U0FLOOD")
+    u.submit(channel, ts[9], text="other's card decided", decision=True, owner="U0OTHER")
+    u.submit(channel, ts[10], text="flood card decided", decision=True, owner="U0FLOOD")
+    assert all(await asyncio.gather(*(u.flush(channel, t, timeout_s=5) for t in ts)))
+
+    sent = [c["params"]["text"] for c in updates(slack)]
+    assert sent == [
+        "other's card decided",  # decisions first, oldest first while nobody was served yet
+        "flood card decided",
+        "flood ended",  # then end states
+        "other 0",  # then progress, round robin: the owner served least recently goes next...
+        "flood 0",
+        "other 1",  # ...so one owner's six edits do not all go before the other's two
+        "flood 1",
+        "flood 2",
+        "flood 3",
+        "flood 4",
+        "flood 5",
+    ]
+
+
+async def test_a_progress_edit_settles_and_goes_out_with_the_end_state_that_follows(
+    slack: LocalSlack, client: AsyncWebClient, rds: redis.asyncio.Redis, prefix: str, updaters: list[MessageUpdater]
+) -> None:
+    channel, [ts] = await post(client, slack, 1)
+    u = await started(updaters, client, rds, keys=Keys(prefix), message_interval_s=0.5)
+    u.submit(channel, ts, text="running the runbook")
+    await asyncio.sleep(0.2)
+    u.submit(channel, ts, text="done", final=True)
+    assert await u.flush(channel, ts, timeout_s=5)
+    assert [c["params"]["text"] for c in updates(slack)] == ["done"]
+
+    u.submit(channel, ts, text="next step")  # progress alone still goes out, once it settled
+    assert await u.flush(channel, ts, timeout_s=5)
+    calls = updates(slack)
+    assert [c["params"]["text"] for c in calls] == ["done", "next step"]
+    assert calls[1]["time"] - calls[0]["time"] >= 0.5 - 0.02
+
+
+async def test_an_undelivered_edit_can_be_withdrawn_unless_it_holds_older_content(
+    slack: LocalSlack, client: AsyncWebClient, rds: redis.asyncio.Redis, prefix: str, updaters: list[MessageUpdater]
+) -> None:
+    channel, [ts, other] = await post(client, slack, 2)
+    u = await started(updaters, client, rds, keys=Keys(prefix), message_interval_s=0.5)
+    mark = u.version(channel, ts)
+    u.submit(channel, ts, text="the model proposes two calls")
+    assert not u.edited(channel, ts)
+    assert u.withdraw(channel, ts, after=mark)
+    assert await u.flush(channel, ts, timeout_s=1)  # nothing is owed
+    assert u.stats["withdrawn"] == 1 and u.stats["pending"] == 0
+
+    u.submit(channel, other, text="working")  # submitted before the mark: it must still go out
+    mark = u.version(channel, other)
+    u.submit(channel, other, text="the model proposes a call")
+    assert not u.withdraw(channel, other, after=mark)
+    assert await u.flush(channel, other, timeout_s=5)
+    assert u.edited(channel, other)
+    await asyncio.sleep(0.6)
+    assert [(c["params"]["ts"], c["params"]["text"]) for c in updates(slack)] == [(other, "the model proposes a call")]
+
+
+async def test_a_message_slack_says_is_gone_calls_its_hook_once(
+    slack: LocalSlack, client: AsyncWebClient, rds: redis.asyncio.Redis, prefix: str, updaters: list[MessageUpdater]
+) -> None:
+    channel, [ts] = await post(client, slack, 1)
+    u = await started(updaters, client, rds, keys=Keys(prefix))
+    gone: list[str] = []
+
+    async def note() -> None:
+        gone.append("card")
+
+    u.submit(channel, "1700000000.000002", text="decided", decision=True, on_gone=note)
+    u.submit(channel, ts, text="decided", decision=True, on_gone=note)  # this one exists
+    assert await u.flush(channel, "1700000000.000002", timeout_s=5) is False
+    assert await u.flush(channel, ts, timeout_s=5) is True
+    await slack.wait_for(lambda: gone, timeout=2)
+    u.submit(channel, "1700000000.000002", text="closed", decision=True)
+    assert await u.flush(channel, "1700000000.000002", timeout_s=5) is False
+    await asyncio.sleep(0.1)
+    assert gone == ["card"]

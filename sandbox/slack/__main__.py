@@ -15,11 +15,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--signing-secret", required=True)
     parser.add_argument("--bot-token", default="xoxb-test")
     parser.add_argument("--port", type=int, default=0, help="0 = any free port")
+    parser.add_argument(
+        "--api-latency-ms", type=float, default=0.0, help="added to every Web API call, like slack.com's (default 0)"
+    )
     args = parser.parse_args(argv)
 
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
-    with LocalSlack(args.signing_secret, bot_url=args.bot_url, bot_token=args.bot_token, port=args.port) as slack:
+    with LocalSlack(
+        args.signing_secret,
+        bot_url=args.bot_url,
+        bot_token=args.bot_token,
+        port=args.port,
+        api_latency_ms=args.api_latency_ms,
+    ) as slack:
         print(f"local Slack at {slack.url} (SLACK_API_URL={slack.api_url}); delivering to {args.bot_url}", flush=True)
         try:
             while not done.wait(0.5):

@@ -47,6 +47,7 @@ class LocalSlack:
         extra_routes: Callable[[LocalSlack], Iterable[web.AbstractRouteDef]] | None = None,
         app_token: str | None = None,
         socket_mode: bool = False,
+        api_latency_ms: float = 0.0,
     ) -> None:
         self.signing_secret = signing_secret
         self.bot_token = bot_token
@@ -77,6 +78,7 @@ class LocalSlack:
             app_token=app_token,
             socket_url=self._socket.issue_url,
         )
+        self.api_latency_ms = api_latency_ms
         self._deliverer = Deliverer(
             self.workspace,
             self.log,
@@ -216,6 +218,19 @@ class LocalSlack:
         self.limiter.reset()
 
     # ------------------------------------------------------------------ faults and rate limits
+
+    @property
+    def api_latency_ms(self) -> float:
+        """Milliseconds added to every Web API call (and response_url post) before it is handled, like the round
+        trip to slack.com; 0 (the default) answers at once. Settable any time; the call log's `latency_ms`
+        includes it."""
+        return self._api.latency_ms
+
+    @api_latency_ms.setter
+    def api_latency_ms(self, value: float) -> None:
+        if value < 0:
+            raise ValueError(f"api_latency_ms must be >= 0, got {value}")
+        self._api.latency_ms = float(value)
 
     def inject_fault(
         self,

@@ -8,6 +8,7 @@ Bot methods take the bot token; `apps.connections.open` (Socket Mode) takes the 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable
@@ -38,6 +39,13 @@ class ApiContext:
     base_url: Callable[[], str]
     app_token: str | None = None  # Socket Mode's app-level token; None: apps.connections.open refuses every token
     socket_url: Callable[[], str] | None = None  # a fresh WebSocket URL for apps.connections.open
+    # Added to every Web API call and response_url post before it is handled, as the network and slack.com add
+    # to each call (tens to hundreds of ms); 0 = answer at once. Settable any time (LocalSlack.api_latency_ms).
+    latency_ms: float = 0.0
+
+    async def delay(self) -> None:
+        if self.latency_ms > 0:
+            await asyncio.sleep(self.latency_ms / 1000)
 
 
 Handler = Callable[[ApiContext, JSON], JSON]
@@ -122,6 +130,7 @@ def _token(request: web.Request, params: JSON) -> str | None:
 
 async def _api_call(ctx: ApiContext, request: web.Request) -> web.Response:
     started = time.perf_counter()
+    await ctx.delay()
     name = request.match_info["method"]
     headers: dict[str, str] = {}
     params: JSON = {}
@@ -165,6 +174,7 @@ async def _api_call(ctx: ApiContext, request: web.Request) -> web.Response:
 
 async def _response_url(ctx: ApiContext, request: web.Request) -> web.Response:
     started = time.perf_counter()
+    await ctx.delay()
     token = request.match_info["token"]
     status, payload = 200, {}
     body: JSON = {"ok": True}
