@@ -8,14 +8,14 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from redis.exceptions import RedisError
 
 from graphs.errors import LockLost, RunBusy, RunPaused
 from graphs.runs import Runs
-from graphs.types import PendingReview
+from graphs.types import PendingReview, ReviewRequested, RunEvent
 
 from .audit import AuditEntry, AuditLog
 from .blocks import clip, literal
@@ -167,19 +167,30 @@ class Lifecycle:
                 progress.status = "working"
                 self._messages.show(progress, record.channel, record.progress_ts)
             where = Where(record.channel, job.requester, record.thread_ts)
-            await self._io.run(self._start(record, progress, turn), f"run {job.run_id}", where)
+
+            async def give_back_slot() -> None:  # a run waiting for approval is not one of the person's active ones
+                if self._queue is not None:
+                    await self._queue.release(job.requester, job.run_id)
+
+            await self._io.run(self._start(record, progress, turn, paused=give_back_slot), f"run {job.run_id}", where)
         finally:
             if self._queue is not None:
                 await self._queue.release(job.requester, job.run_id)
 
-    async def _start(self, record: RunRecord, progress: Progress, turn: Turn) -> None:
+    async def _start(
+        self, record: RunRecord, progress: Progress, turn: Turn, *, paused: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
+        """Run the task until it ends or pauses; ``paused`` is awaited as its review is asked for, before the
+        card is posted."""
+        listener = self._messages.listener(record, progress)
+
+        async def on_event(event: RunEvent) -> None:
+            if paused is not None and isinstance(event, ReviewRequested):
+                await paused()  # before its card shows: whoever sees the card finds the run paused
+            await listener(event)
+
         try:
-            await self._runs.start(
-                record.run_id,
-                record.task,
-                requester=record.requester,
-                on_event=self._messages.listener(record, progress),
-            )
+            await self._runs.start(record.run_id, record.task, requester=record.requester, on_event=on_event)
         except LockLost:
             raise
         except (RunBusy, RunPaused) as exc:
