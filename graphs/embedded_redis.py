@@ -30,6 +30,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .errors import ConfigError, EmbeddedRedisFailed
+from .redaction import child_env
 
 START_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 10.0
@@ -90,6 +91,11 @@ class EmbeddedRedis:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs."""
+        return self._process.pid if self._process is not None else None
+
     def start(self) -> EmbeddedRedis:
         server, search, json_module = _binaries()
         self.port = self.port or free_port()
@@ -113,6 +119,7 @@ class EmbeddedRedis:
             stderr=subprocess.PIPE,
             start_new_session=True,  # out of the terminal's process group: its Ctrl-C is the owner's to handle
             preexec_fn=_die_with(os.getpid()),
+            env=child_env(os.environ),  # never the owner's tokens or keys: the server needs none of them
         )
         self._wait_ready(log)
         return self

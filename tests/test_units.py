@@ -245,3 +245,27 @@ async def test_in_redis_an_expired_run_leaves_the_pending_listing(redis_url):
         assert await redis.zscore(keys.pending, "t1") is None
     finally:
         await redis.aclose()
+
+
+def test_the_embedded_redis_server_never_sees_the_owners_secrets(monkeypatch, tmp_path):
+    """redis-server overwrites its own /proc environ (its process title), so the environment it was given is read
+    where it is handed over: the real Popen, watched."""
+    import subprocess
+
+    from graphs import embedded_redis
+
+    given: list[dict[str, str]] = []
+    real_popen = subprocess.Popen
+
+    def watched(*args, **kwargs):
+        given.append(kwargs.get("env"))
+        return real_popen(*args, **kwargs)
+
+    monkeypatch.setattr(embedded_redis.subprocess, "Popen", watched)
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-never-in-redis")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-never-in-redis")
+    with embedded_redis.EmbeddedRedis(tmp_path / "redis") as server:
+        assert server.pid is not None
+    (env,) = given
+    assert env is not None, "inherits the whole environment"
+    assert "SLACK_BOT_TOKEN" not in env and "OPENAI_API_KEY" not in env and "PATH" in env
