@@ -22,7 +22,7 @@ from typing import Any
 
 from graphs.embedded_redis import EmbeddedRedis
 
-from .floor import CycleSample, bare_langgraph_cycles, runs_layer_cycles
+from .floor import CycleSample, bare_langgraph_cycles, model_floor_cycles, runs_layer_cycles
 from .harness import (
     BotConfig,
     ModelServer,
@@ -60,6 +60,9 @@ from .stats import SLACK_ACK_DEADLINE_MS, Table, percentile, summary
 
 SLACK_TIER3_PER_MINUTE = 50  # what the local Slack allows on chat.update, like Slack
 BUDGET_PER_MINUTE = 45  # the bot's default CHATOPS_UPDATE_BUDGET
+
+
+MODEL_FLOOR = "bare LangGraph + AsyncRedisSaver + ChatOpenAI"
 
 
 def budgeted(concurrency: int) -> BotConfig:
@@ -194,6 +197,7 @@ QUICK = Plan(
 @dataclass
 class Measurements:
     floor: list[CycleSample]
+    model_floor: list[CycleSample]
     runs_layer: list[CycleSample]
     loads: list[AckLoad]
     free_runs: list[CycleRun]
@@ -203,6 +207,7 @@ class Measurements:
     budget_peak_rates: list[int]
     shutdown_s: dict[str, float]
     floor_metered: list[CycleSample]
+    model_floor_metered: list[CycleSample]
     runs_metered: list[CycleSample]
     bot_traffic: BotTraffic
     thread: LongThread
@@ -246,14 +251,19 @@ async def measure(plan: Plan, workdir: Path, say: Progress) -> Measurements:
             stack.callback(own.stop)
             return own
 
-        say(f"floor: {plan.floor_cycles} cycles on bare LangGraph + AsyncRedisSaver, then on the Runs layer")
+        say(
+            f"floor: {plan.floor_cycles} cycles on bare LangGraph + AsyncRedisSaver (without and with the model), "
+            "then on the Runs layer"
+        )
         floor = await bare_langgraph_cycles(redis.url, runbooks / "record.sh", plan.floor_cycles)
+        model_floor = await model_floor_cycles(redis.url, model.base_url, runbooks, plan.floor_cycles)
         runs_layer = await runs_layer_cycles(redis.url, model.base_url, runbooks, plan.floor_cycles)
 
         say(f"Redis traffic: {plan.meter_cycles} cycles per layer through a counting proxy (bare, Runs, the bot)")
         meter = RedisMeter(redis.url).start()
         stack.callback(meter.stop)
         floor_metered = await bare_langgraph_cycles(meter.url, runbooks / "record.sh", plan.meter_cycles, meter)
+        model_floor_metered = await model_floor_cycles(meter.url, model.base_url, runbooks, plan.meter_cycles, meter)
         runs_metered = await runs_layer_cycles(meter.url, model.base_url, runbooks, plan.meter_cycles, meter)
         metered = new_bot(METERED, meter.url)
         await asyncio.to_thread(metered.start)
@@ -382,6 +392,7 @@ async def measure(plan: Plan, workdir: Path, say: Progress) -> Measurements:
             say(f"warning: the scripted model refused {model.unmatched()} request(s); see {model.log_path}")
     return Measurements(
         floor,
+        model_floor,
         runs_layer,
         loads,
         free_runs,
@@ -391,6 +402,7 @@ async def measure(plan: Plan, workdir: Path, say: Progress) -> Measurements:
         budget_peaks,
         shutdown,
         floor_metered,
+        model_floor_metered,
         runs_metered,
         traffic,
         thread,
@@ -592,6 +604,7 @@ def tables(m: Measurements, plan: Plan) -> list[Table]:
     layers.digits = {"x floor": 1}
     for name, samples in (
         ("bare LangGraph + AsyncRedisSaver", m.floor),
+        (MODEL_FLOOR, m.model_floor),
         ("graphs.runs.Runs (scripted model)", m.runs_layer),
     ):
         total = [s.total_ms for s in samples]
@@ -618,8 +631,10 @@ def tables(m: Measurements, plan: Plan) -> list[Table]:
         _ratio(ms(bot_ms, 50), floor_ms),
     )
     layers.notes = [
-        'all with durability="sync" on the same Redis; the floor\'s plan step proposes the call without a model, '
-        "the Runs layer and the bot ask the scripted model twice per cycle (plan, then report)",
+        'all with durability="sync" on the same Redis; the floor\'s plan step proposes the call without a model; '
+        "the floor with ChatOpenAI, the Runs layer and the bot ask the scripted model twice per cycle (plan, then "
+        "report), streamed, with the same tool schemas",
+        "x floor: against the floor without a model",
         "bot: to pause = mention sent -> card posted; resume to end = approve sent -> Done shown",
     ]
     return [acks, cards, cycles, updates, layers]
@@ -656,6 +671,7 @@ def scale_tables(m: Measurements, plan: Plan) -> list[Table]:
     bare_rt = _median([s.traffic.round_trips for s in m.floor_metered if s.traffic])
     for name, metered, timed in (
         ("bare LangGraph + AsyncRedisSaver", m.floor_metered, m.floor),
+        (MODEL_FLOOR, m.model_floor_metered, m.model_floor),
         ("graphs.runs.Runs (scripted model)", m.runs_metered, m.runs_layer),
     ):
         samples = [s.traffic for s in metered if s.traffic]
@@ -684,11 +700,12 @@ def scale_tables(m: Measurements, plan: Plan) -> list[Table]:
     traffic.notes = [
         "round trip = a request and its answer on one connection (a pipeline or MULTI/EXEC sent at once is one); "
         "commands = every command sent, inside pipelines too; KB = bytes both ways",
-        "bare and Runs: the median cycle of a few run through the proxy after a warm-up (their timed cycles, "
+        "the floors and Runs: the median cycle of a few run through the proxy after a warm-up (their timed cycles, "
         "table 5, go straight to Redis); the bot: everything its Redis connections did over "
         f"{bt.cycles} sequential cycles ({bt.seconds:.1f}s, its sweeper and chat.update budget included), per cycle",
-        "CPU ms = CPU per cycle of the process doing it: this one for bare and Runs (the floor's timed cycles), "
+        "CPU ms = CPU per cycle of the process doing it: this one for the floors and Runs (their timed cycles), "
         "the bot process for the bot (table 3's sequential run); the model server's and Redis's CPU are not in it",
+        "x bare: against the floor without a model",
         "target (issue 11): the Runs layer's round trips <= 2x bare, and its CPU <= 2x the floor's",
     ]
 
@@ -858,10 +875,12 @@ def targets_table(m: Measurements) -> Table:
         "<= 2x bare",
     )
     floor_cpu = _median([s.cpu_ms for s in m.floor])
+    model_cpu = _median([s.cpu_ms for s in m.model_floor])
     runs_cpu = _median([s.cpu_ms for s in m.runs_layer])
     table.add(
         "Runs-layer cycle CPU / bare floor",
-        f"{_fmt_ratio(_ratio(runs_cpu, floor_cpu))} ({_num(runs_cpu)} / {_num(floor_cpu)} ms)",
+        f"{_fmt_ratio(_ratio(runs_cpu, floor_cpu))} ({_num(runs_cpu)} / {_num(floor_cpu)} ms); "
+        f"against the floor asking the same model: {_fmt_ratio(_ratio(runs_cpu, model_cpu))} ({_num(model_cpu)} ms)",
         "<= 2x",
     )
     levels = {level.turns: level for level in m.thread.levels}

@@ -1,8 +1,12 @@
 """The floor: the same approval cycle on bare LangGraph + AsyncRedisSaver, and on the core `Runs` layer alone.
 
 A cycle is: run the graph until it pauses for review (``interrupt()``), then resume it with an approval and
-run the approved call (the ``record.sh`` runbook) to the end. Both use ``durability="sync"`` against the same
+run the approved call (the ``record.sh`` runbook) to the end. All use ``durability="sync"`` against the same
 Redis as the bot, so the bot's cycle time over these shows what Slack, Bolt and the bot's own layers add.
+
+Two floors: the minimum (the plan step proposes the call itself, no model), and the same graph asking a model
+as the Runs layer does (``ChatOpenAI`` with the same tool schemas, streamed, once to plan and once to report, against
+the same scripted server): what any LangGraph agent with a model and human review pays before the project's own code.
 
 Each cycle also records the CPU this process spent on it, and, when the cycles run through a `RedisMeter`
 (bench.redis_meter), the Redis round trips, commands and bytes it cost.
@@ -17,12 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
 
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.runnables import RunnableConfig
+from langchain_openai import ChatOpenAI
 from langgraph.checkpoint.redis.aio import AsyncRedisSaver
-from langgraph.graph import END, START, StateGraph
+from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command, interrupt
+from pydantic import SecretStr
 
+from graphs.builtin_tools import build_registry
 from graphs.runtime import open_runtime
 from graphs.settings import CoreSettings
 from graphs.types import approve
@@ -91,6 +99,58 @@ def floor_graph(saver: AsyncRedisSaver, runbook: Path) -> CompiledStateGraph:
     return graph.compile(checkpointer=saver)
 
 
+class ModelFloorState(MessagesState, total=False):
+    decision: str
+
+
+def model_floor_graph(saver: AsyncRedisSaver, runbooks: Path, model_url: str) -> CompiledStateGraph:
+    """plan (the model proposes the call) -> review (interrupt) -> execute -> report (the model again)."""
+    tools = build_registry(runbooks).langchain_tools()  # the schemas only: what the model is shown
+    model = ChatOpenAI(
+        model="scripted",
+        base_url=model_url,
+        api_key=SecretStr("bench-key"),
+        use_responses_api=False,
+        streaming=True,
+    ).bind_tools(tools)
+    system = SystemMessage("You are an operations assistant. Propose tool calls; a person approves them.")
+
+    async def plan(state: ModelFloorState) -> dict[str, Any]:
+        return {"messages": [await model.ainvoke([system, *state["messages"]])]}
+
+    def review(state: ModelFloorState) -> dict[str, Any]:
+        last = state["messages"][-1]
+        assert isinstance(last, AIMessage) and last.tool_calls, "the scripted model proposes the runbook"
+        answer = interrupt({"action_requests": last.tool_calls})
+        return {"decision": answer["type"]}
+
+    async def execute(state: ModelFloorState) -> dict[str, Any]:
+        last = state["messages"][-1]
+        assert isinstance(last, AIMessage)
+        call = last.tool_calls[0]
+        process = await asyncio.create_subprocess_exec(
+            "bash",
+            str(runbooks / f"{call['args']['name']}.sh"),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        output, _ = await asyncio.wait_for(process.communicate(), CYCLE_TIMEOUT_S)
+        return {"messages": [ToolMessage(output.decode(errors="replace").strip(), tool_call_id=call["id"])]}
+
+    graph = StateGraph(ModelFloorState)
+    graph.add_node("plan", plan)
+    graph.add_node("review", review)
+    graph.add_node("execute", execute)
+    graph.add_node("report", plan)
+    graph.add_edge(START, "plan")
+    graph.add_edge("plan", "review")
+    graph.add_edge("review", "execute")
+    graph.add_edge("execute", "report")
+    graph.add_edge("report", END)
+    return graph.compile(checkpointer=saver)
+
+
 class _Clock:
     """Wall time, CPU time and (with a meter) Redis traffic at the start of a cycle and at its pause."""
 
@@ -139,6 +199,45 @@ async def bare_langgraph_cycles(
             )
             if not str(done.get("output", "")).startswith("recorded"):
                 raise RuntimeError(f"the floor graph did not run the runbook: {done}")
+            if n >= WARMUP_CYCLES:
+                samples.append(clock.sample())
+        return samples
+    finally:
+        await saver.__aexit__(None, None, None)
+
+
+async def model_floor_cycles(
+    redis_url: str, model_url: str, runbooks: Path, cycles: int, meter: RedisMeter | None = None
+) -> list[CycleSample]:
+    """`cycles` approval cycles on bare LangGraph + AsyncRedisSaver + ChatOpenAI (`model_floor_graph`), streaming
+    updates and tokens as an app showing progress does."""
+    saver = AsyncRedisSaver(redis_url=redis_url, ttl=TTL)
+    await saver.asetup()
+    try:
+        graph = model_floor_graph(saver, runbooks, model_url)
+
+        async def run(graph_input: Any, config: RunnableConfig) -> list[BaseMessage]:
+            async def stream() -> None:
+                async for _ in graph.astream(
+                    graph_input, config, stream_mode=["updates", "messages"], durability="sync"
+                ):
+                    pass
+
+            await asyncio.wait_for(stream(), CYCLE_TIMEOUT_S)
+            state = await graph.aget_state(config)
+            return list(state.values.get("messages", []))
+
+        samples = []
+        for n in range(WARMUP_CYCLES + cycles):
+            config: RunnableConfig = {"configurable": {"thread_id": f"bench-model-floor-{uuid.uuid4().hex}"}}
+            clock = _Clock(meter)
+            planned = await run({"messages": [HumanMessage(RECORD_TASK)]}, config)
+            if not (isinstance(planned[-1], AIMessage) and planned[-1].tool_calls):
+                raise RuntimeError(f"the model floor did not pause for review: {planned[-1]}")
+            clock.pause()
+            done = await run(Command(resume={"type": "approve"}), config)
+            if not (isinstance(done[-1], AIMessage) and not done[-1].tool_calls and len(done) == 4):
+                raise RuntimeError(f"the model floor did not report: {done[-1]}")
             if n >= WARMUP_CYCLES:
                 samples.append(clock.sample())
         return samples

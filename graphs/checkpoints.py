@@ -91,6 +91,16 @@ class CompactRedisSaver(AsyncRedisSaver):
     def values_key(self, thread_id: str) -> str:
         return f"{self._checkpoint_prefix}_values:{to_storage_safe_id(thread_id)}"
 
+    # The stock saver caches every key it builds, up to 10,000 write keys that are never evicted: ~2 KB per
+    # run, a few MB held for nothing (a key is a string join). Keys are built afresh here.
+    def _make_redis_checkpoint_key_cached(self, thread_id: str, checkpoint_ns: str, checkpoint_id: str) -> str:
+        return self._make_redis_checkpoint_key(thread_id, checkpoint_ns, checkpoint_id)
+
+    def _make_redis_checkpoint_writes_key_cached(
+        self, thread_id: str, checkpoint_ns: str, checkpoint_id: str, task_id: str, idx: int | None
+    ) -> str:
+        return self._make_redis_checkpoint_writes_key(thread_id, checkpoint_ns, checkpoint_id, task_id, idx)
+
     @property
     def _ttl_s(self) -> int | None:
         if self.ttl_config and self.ttl_config.get("default_ttl") is not None:

@@ -179,6 +179,21 @@ async def test_a_checkpoint_is_read_back_exactly_as_written(redis_url, model, ru
         assert await saver.aget_tuple(config) is None
 
 
+async def test_a_process_holds_nothing_per_checkpoint_it_wrote(redis_url, model, runbooks, thread_id):
+    """A bot with a thousand waiting cards must not grow by what it wrote for them: the stock saver caches every
+    checkpoint and write key it builds (10,000 never evicted, ~2 KB per run); this saver keeps none (what it remembers
+    is the references stored per thread, for a bounded number of threads)."""
+    script_record(model)
+    async with open_runtime(settings_for(redis_url, model, runbooks)) as rt:
+        saver = rt.runs.graph.checkpointer
+        assert isinstance(saver, CompactRedisSaver)
+        for n in range(3):
+            paused = await rt.runs.start(f"{thread_id}-{n}", "record it")
+            await rt.runs.resume(f"{thread_id}-{n}", paused.pending.interrupt_id, [approve()])
+        assert saver._key_cache == {}
+        assert sorted(saver._stored) == [f"{thread_id}-{n}" for n in range(3)]
+
+
 async def test_values_lost_under_a_running_graph_are_stored_again(redis_url, model, runbooks, thread_id):
     """Redis loses the thread's stored values (a restart without persistence) while its graph runs: the next
     checkpoint stores again everything it refers to, so the run ends readable."""
