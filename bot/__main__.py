@@ -12,8 +12,10 @@ from aiohttp import web
 from slack_sdk.web.async_client import AsyncWebClient
 
 from graphs.errors import ConfigError, UnknownRun
+from graphs.model_errors import check_model
 from graphs.runs import Runs
 from graphs.runtime import open_runtime
+from graphs.settings import CoreSettings
 
 from .app import Surface, build_app
 from .approvals import Approvals
@@ -66,6 +68,7 @@ async def serve(settings: BotSettings) -> None:
         commands = Commands(runtime.runs, store, lifecycle, audit, io, directory, settings.admins)
         app = build_app(settings, client, Surface(io, store, lifecycle, approvals, commands))
         sweeper = asyncio.create_task(lifecycle.sweep(), name="sweeper")
+        model_check = asyncio.create_task(log_model_check(settings.core), name="model-check")
         await queue.start(lifecycle.run_queued)
         mode = "socket" if settings.socket_mode else "http"
         runner = web.AppRunner(web_app(app, runtime.redis, mode=mode), access_log=None)
@@ -96,8 +99,16 @@ async def serve(settings: BotSettings) -> None:
         await runner.cleanup()
         await queue.close()
         sweeper.cancel()
+        model_check.cancel()
         await io.close()
         await updater.close()
+
+
+async def log_model_check(core: CoreSettings) -> None:
+    """One line at start-up: is the model reachable, and does it return structured tool calls? (In the background:
+    a cold local model can take seconds to answer, and Slack's events must not wait for it.)"""
+    checked = await check_model(core.openai_base_url, core.openai_api_key, core.model, core.model_configured)
+    log.log(logging.INFO if checked.tool_calls in ("structured", "offline") else logging.WARNING, "%s", checked.line)
 
 
 async def started_since(runs: Runs, run_id: str, since: float) -> bool:

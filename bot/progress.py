@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from graphs.display import visible
+from graphs.textcalls import prose_before_calls
 from graphs.tools import summarize_args
 from graphs.types import (
     Cancelled,
@@ -66,10 +67,11 @@ STEP_MARK = {
     "invalid arguments": "⛔",
     "not run": "⏹️",
     "stopped": "⏹️",
+    "already done": "🔁",
 }
 # What a step still waiting becomes when its run ends without it.
 UNFINISHED = {"queued": "not run", "needs approval": "not run", "approved": "not run", "running": "stopped"}
-PROPOSED_STATUS = {"auto": "queued", "ask": "needs approval", "invalid": "invalid arguments"}
+PROPOSED_STATUS = {"auto": "queued", "ask": "needs approval", "invalid": "invalid arguments", "repeat": "already done"}
 
 
 @dataclass
@@ -88,8 +90,9 @@ class Progress:
     requester: str | None
     task: str
     status: str = "working"
-    model_text: str = ""
+    model_text: str = ""  # what is shown of the model's words: never a tool call it is writing as text
     model_text_closed: bool = False  # the model proposed calls after model_text: its next words replace it
+    model_raw: str = ""  # the model's words of its latest step as they streamed
     steps: list[Step] = field(default_factory=list)
     report: str = ""
     error: str = ""  # why it failed or stopped, or what the bot can do when nothing matched
@@ -106,10 +109,13 @@ class Progress:
             self.status = "working"
             # The model's words of its latest step only: what it said before proposing the calls listed below
             # is replaced when it speaks again, rather than stacking up.
-            self.model_text = event.text if self.model_text_closed else self.model_text + event.text
+            self.model_raw = event.text if self.model_text_closed else self.model_raw + event.text
+            self.model_text = prose_before_calls(self.model_raw)
             self.model_text_closed = False
             return True
         if isinstance(event, ToolProposed):
+            if event.said is not None:
+                self.model_text = event.said
             self.model_text_closed = True
             for call in event.calls:
                 status = PROPOSED_STATUS.get(call["mode"], "not allowed")

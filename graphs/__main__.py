@@ -32,6 +32,7 @@ from typing import Any
 
 from .display import shorten, show_value, visible
 from .errors import ChatOpsError, InvalidDecision
+from .model_errors import check_model
 from .planner import OFFLINE_LABEL
 from .runs import Runs
 from .runtime import open_runtime
@@ -230,6 +231,11 @@ async def main(argv: list[str] | None = None) -> int:
         async with open_runtime(settings, post_message=_post) as runtime:
             if not settings.model_configured:
                 print(f"{OFFLINE_LABEL} set OPENAI_API_KEY / OPENAI_BASE_URL / CHATOPS_MODEL to use a model.\n")
+            else:
+                checked = await check_model(
+                    settings.openai_base_url, settings.openai_api_key, settings.model, settings.model_configured
+                )
+                print(f"{checked.line}\n", flush=True)
             if args.pending:
                 await _decide_pending(runtime.runs, terminal)
             else:

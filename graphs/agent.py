@@ -8,10 +8,12 @@ calls in one message is unsafe (only one shows at a time and an approved tool ca
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import operator
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any, TypeAlias, TypedDict, cast
 
 from langchain_core.language_models import BaseChatModel
@@ -33,10 +35,12 @@ from langgraph.types import interrupt
 
 from .errors import InvalidArguments, InvalidDecision
 from .ledger import ExecutionLedger, MemoryLedger
+from .model_errors import explain
 from .policy import Policy
 from .redaction import Redactor
 from .review import build_request, check_response, rejection_text
-from .tools import ASSESS_TIMEOUT_S, CURRENT_CALL, CallContext, ToolRegistry
+from .textcalls import read_text_calls
+from .tools import ASSESS_TIMEOUT_S, CURRENT_CALL, CallContext, ToolRegistry, summarize_args
 from .types import Assessment, Outcome, strictest
 
 log = logging.getLogger(__name__)
@@ -44,10 +48,24 @@ log = logging.getLogger(__name__)
 # Calls one review may ask about: what an approval card shows whole within Slack's 50 blocks (cards.py).
 MAX_REVIEW_CALLS = 20
 
-SYSTEM_PROMPT = """You are a chat-ops assistant for an operations team. You do operational tasks by calling tools.
-Propose every independent tool call the task needs in one turn. Some calls wait for a human to approve them;
-a rejected call did not run: do not retry it unless asked. When the work is done, answer with a short report
-of what ran and what it found."""
+# Short on purpose (small local models read it every turn, and follow short rules best); what ran so far in the task
+# is restated before each model turn (_progress_note).
+SYSTEM_PROMPT = """You are a chat-ops assistant. Do the user's task with the tools you are given, and no others.
+- Propose every call the task needs at once. Each call runs once: the same call again only returns the same result.
+- A person approves calls with side effects. A rejected call did not run: do not propose it again.
+- When the results answer the task, stop calling tools and reply with a short report of what ran and what it found.
+- If no tool fits the task, say so in one sentence."""
+
+ALREADY_DONE = "Already done: this exact call ran earlier in this task and was not run again. Its result:\n"
+SAME_CALL_TWICE = "Not run: the same call appears twice in this message; it runs once (see its result)."
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per task: how many times the model is asked, and how many tool calls run, before the run is stopped."""
+
+    planner_turns: int = 8
+    tool_calls: int = 40
 
 
 def _merge(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
@@ -61,6 +79,9 @@ class AgentState(TypedDict, total=False):
     assessments: Annotated[dict[str, dict[str, Any]], _merge]
     # One record per review step: what policy and the human decided for each proposed call.
     reviews: Annotated[list[dict[str, Any]], operator.add]
+    # Per tool call id: the earlier call it repeats ({"of": id}), found when it was proposed: it is not run again.
+    repeats: Annotated[dict[str, dict[str, Any]], _merge]
+    stop: str  # why the run stops before the model reported (a budget spent, a call repeated after "already done")
     report: str
     outcome: str  # "" while working, then an Outcome: done, nothing, failed, rejected, stopped, cancelled, expired
     detail: str  # why it ended so, in a line (which calls failed, or why nothing ran)
@@ -101,15 +122,57 @@ def build_graph(
     ledger: ExecutionLedger | None = None,
     redactor: Redactor | None = None,
     system_prompt: str = SYSTEM_PROMPT,
+    limits: Limits | None = None,
 ) -> AgentGraph:
     bound_model = model.bind_tools(registry.langchain_tools())
     ledger = ledger or MemoryLedger()
     redact = redactor or Redactor(())
+    limits = limits or Limits()
+    model_url, model_name = getattr(model, "openai_api_base", None), getattr(model, "model_name", None)
 
     async def planner(state: AgentState, config: RunnableConfig) -> dict[str, Any]:
-        response = await bound_model.ainvoke([SystemMessage(system_prompt), *state["messages"]], config)
+        task = _current_task(state["messages"])
+        reviews = state.get("reviews") or []
+        stop = _spent(task, reviews, limits)
+        if stop:
+            return {"stop": stop}
+        prompt = [SystemMessage(system_prompt), *state["messages"]]
+        note = _progress_note(task, reviews)
+        if note:
+            prompt.append(SystemMessage(note))
+        try:
+            response = await bound_model.ainvoke(prompt, config)
+        except Exception as exc:
+            problem = explain(exc, model_url, model_name)
+            if problem is None:
+                raise
+            raise problem from exc
+        if isinstance(response, AIMessage) and not response.tool_calls:
+            read = read_text_calls(message_text(response))  # raises UnreadableToolCall: the run fails, saying why
+            if read is not None and read.calls:
+                response = response.model_copy(
+                    update={"content": read.prose, "tool_calls": read.calls, "invalid_tool_calls": []}
+                )
         update: dict[str, Any] = {"messages": [response]}
-        assessments = await _assess_calls(registry, getattr(response, "tool_calls", None) or [])
+        calls = getattr(response, "tool_calls", None) or []
+        repeats, again = _repeats(task, reviews, calls)
+        stop = _over_budget(task, reviews, calls, repeats, limits)
+        if again:
+            stop = (
+                f"the model proposed {again['name']}({summarize_args(again['args'], 80)}) again after it was told "
+                "the call had already run; it seems stuck: ask again with a narrower task"
+            )
+        if stop:
+            # The calls are answered (not run), so the thread's next task starts on a well-formed conversation.
+            update["messages"].extend(
+                ToolMessage("Not run: the run was stopped.", tool_call_id=call_id(c), name=c["name"], status="error")
+                for c in calls
+            )
+            update["stop"] = stop
+            return update
+        if repeats:
+            update["repeats"] = repeats
+        assessments = await _assess_calls(registry, [c for c in calls if c["id"] not in repeats])
         if assessments:
             update["assessments"] = assessments
         return update
@@ -120,9 +183,18 @@ def build_graph(
         assert ai is not None and ai.tool_calls, "review runs only after the planner proposed tool calls"
         waiting = _unanswered(state["messages"], ai)
         assessments = state.get("assessments") or {}
+        repeats = state.get("repeats") or {}
+        earlier = {
+            m.tool_call_id: message_text(m) for m in _current_task(state["messages"]) if isinstance(m, ToolMessage)
+        }
         outcomes: dict[str, dict[str, Any]] = {}
         ask: list[ToolCall] = []
         for call in waiting:
+            repeat = repeats.get(call_id(call))
+            if repeat is not None:
+                text = ALREADY_DONE + earlier[repeat["of"]] if repeat["of"] in earlier else SAME_CALL_TWICE
+                outcomes[call_id(call)] = {"mode": "repeat", "type": "reject", "system": text}
+                continue
             outcome = _policy_outcome(call, registry, policy, assessments.get(call_id(call)))
             if outcome is None and len(ask) >= MAX_REVIEW_CALLS:
                 # More than one card can show in full: the rest do not run, and the model is told so.
@@ -181,7 +253,8 @@ def build_graph(
             )
             if outcome["type"] == "reject":
                 text = outcome.get("system") or rejection_text(call["name"], outcome.get("message", ""), decided_by)
-                rejections.append(ToolMessage(text, tool_call_id=call["id"], name=call["name"], status="error"))
+                status = "success" if outcome["mode"] == "repeat" else "error"
+                rejections.append(ToolMessage(text, tool_call_id=call["id"], name=call["name"], status=status))
         kwargs = {k: v for k, v in ai.additional_kwargs.items() if k != "tool_calls"}
         reviewed_ai = ai.model_copy(update={"tool_calls": calls, "additional_kwargs": kwargs})
         record = {
@@ -243,6 +316,8 @@ def build_graph(
         return {"messages": results}
 
     def report(state: AgentState) -> dict[str, Any]:
+        if state.get("stop"):
+            return {"report": "", "outcome": "stopped", "detail": state["stop"]}
         ended = bool(state.get("reviews")) and state["reviews"][-1].get("end", False) and _ends_here(state)
         ai = last_ai_message(state["messages"])
         outcome, detail = task_outcome(state["messages"], state.get("reviews") or [])
@@ -256,6 +331,8 @@ def build_graph(
         return {"report": "" if ended or ai is None else message_text(ai), "outcome": outcome, "detail": detail}
 
     def after_planner(state: AgentState) -> str:
+        if state.get("stop"):
+            return "report"
         ai = last_ai_message(state["messages"])
         return "review" if ai is not None and ai.tool_calls else "report"
 
@@ -280,6 +357,113 @@ def build_graph(
     graph.add_conditional_edges("execute", after_execute, ["review", "planner"])
     graph.add_edge("report", END)
     return graph.compile(checkpointer=checkpointer)
+
+
+def _call_key(name: str, args: Any) -> str:
+    return name + json.dumps(args, sort_keys=True, default=str)
+
+
+def _ran(task: Sequence[AnyMessage], reviews: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """Per call that ran in this task (its result is in the task, and it was not rejected or skipped): its id, by
+    call key (tool and arguments as run, after any edit)."""
+    not_run = {c["tool_call_id"] for r in reviews for c in r["calls"] if c["decision"] == "reject"}
+    answered = {m.tool_call_id for m in task if isinstance(m, ToolMessage)} - not_run
+    found: dict[str, str] = {}
+    for message in task:
+        if isinstance(message, AIMessage):
+            for call in message.tool_calls:
+                if call_id(call) in answered:
+                    found.setdefault(_call_key(call["name"], call["args"]), call_id(call))
+    return found
+
+
+def _repeats(
+    task: Sequence[AnyMessage], reviews: Sequence[Mapping[str, Any]], calls: Sequence[ToolCall]
+) -> tuple[dict[str, dict[str, Any]], ToolCall | None]:
+    """The proposed calls that repeat one that already ran in this task (or an earlier one of the same message):
+    {id: {"of": earlier id}}; and the first call that repeats one the model was already told had run (it is stuck)."""
+    ran = _ran(task, reviews)
+    in_task = {m.tool_call_id for m in task if isinstance(m, ToolMessage)}
+    told = {
+        _call_key(c["name"], c["args"])
+        for r in reviews
+        for c in r["calls"]
+        if c.get("mode") == "repeat" and c["tool_call_id"] in in_task
+    }
+    repeats: dict[str, dict[str, Any]] = {}
+    seen: dict[str, str] = {}
+    for call in calls:
+        key = _call_key(call["name"], call["args"])
+        if key in ran and key in told:
+            return {}, call
+        if key in ran:
+            repeats[call_id(call)] = {"of": ran[key]}
+        elif key in seen:
+            repeats[call_id(call)] = {"of": seen[key]}
+        else:
+            seen[key] = call_id(call)
+    return repeats, None
+
+
+def _spent(task: Sequence[AnyMessage], reviews: Sequence[Mapping[str, Any]], limits: Limits) -> str:
+    """Why the task may not ask the model again ("" if it may): its budget of model turns is spent."""
+    turns = sum(1 for m in task if isinstance(m, AIMessage))
+    if turns >= limits.planner_turns:
+        return (
+            f"stopped after {turns} model turns without a final report (the limit, CHATOPS_MAX_PLANNER_TURNS, is "
+            f"{limits.planner_turns}); ask again with a narrower task"
+        )
+    return ""
+
+
+def _over_budget(
+    task: Sequence[AnyMessage],
+    reviews: Sequence[Mapping[str, Any]],
+    calls: Sequence[ToolCall],
+    repeats: Mapping[str, Any],
+    limits: Limits,
+) -> str:
+    """Why the proposed calls may not run ("" if they may): with the calls that ran, more than the task's budget."""
+    ran = len(_ran(task, reviews))
+    new = sum(1 for c in calls if call_id(c) not in repeats)
+    if new and ran + new > limits.tool_calls:
+        return (
+            f"stopped: {ran} tool calls ran in this task and the model proposed {new} more, over the limit of "
+            f"{limits.tool_calls} (CHATOPS_MAX_TOOL_CALLS); ask again with a narrower task"
+        )
+    return ""
+
+
+def _progress_note(task: Sequence[AnyMessage], reviews: Sequence[Mapping[str, Any]]) -> str:
+    """What happened so far in this task, in a line per kind, for the model's next turn ("" before any call)."""
+    decided = {c["tool_call_id"]: c for r in reviews for c in r["calls"]}
+    ran, failed, rejected, repeated = [], [], [], []
+    for message in task:
+        if not isinstance(message, ToolMessage):
+            continue
+        record = decided.get(message.tool_call_id, {})
+        name = message.name or record.get("name", "a tool")
+        if record.get("mode") == "repeat":
+            repeated.append(name)
+        elif record.get("decision") == "reject":
+            rejected.append(name)
+        elif message.status == "error":
+            failed.append(name)
+        else:
+            ran.append(name)
+    if not (ran or failed or rejected or repeated):
+        return ""
+    parts = [
+        f"{label}: {', '.join(names)}."
+        for label, names in (
+            ("Ran", ran),
+            ("Failed", failed),
+            ("Rejected, did not run (do not propose again)", rejected),
+            ("Proposed again and not rerun", repeated),
+        )
+        if names
+    ]
+    return "So far in this task: " + " ".join(parts) + " If that answers the task, reply with the report now."
 
 
 def _current_task(messages: Sequence[AnyMessage]) -> list[AnyMessage]:

@@ -75,7 +75,7 @@ def build_registry(
     registry.add(search_runbooks, timeout_s=10)
     # The URL's own check decides per call: allowlisted runs alone, public needs a person, internal never runs.
     registry.add(http_check, timeout_s=outbound.timeout_s + 5, assess=lambda args: outbound.assess(args["url"]))
-    registry.add(run_runbook, timeout_s=runbook_timeout_s + 5)
+    registry.add(run_runbook, description=_run_runbook_description(runbooks_dir), timeout_s=runbook_timeout_s + 5)
     # The chat surface says where a post really goes and whom it notifies, for the card (assess_post).
     registry.add(post_message_tool, name="post_message", timeout_s=30, assess=assess_post)
     return registry
@@ -167,6 +167,19 @@ async def _run_script(script: Path, timeout_s: float, env: Mapping[str, str]) ->
     if process.returncode != 0:
         raise ToolFailed(f"runbook {script.name} exited with code {process.returncode}\n{text}")
     return f"runbook {script.name} exited 0\n{text}"
+
+
+MAX_LISTED_RUNBOOKS = 30
+
+
+def _run_runbook_description(runbooks_dir: Path) -> str:
+    """run_runbook's description, naming the runnable runbooks found at start-up: small models guess names
+    ("disk_runbook") when they are not told them."""
+    names = sorted(p.stem for p in list_runbooks(runbooks_dir) if p.suffix in RUNNABLE)
+    listed = ", ".join(names[:MAX_LISTED_RUNBOOKS]) + (", …" if len(names) > MAX_LISTED_RUNBOOKS else "")
+    return "Run a runbook script by name from the configured runbooks folder; returns its exit code and output. " + (
+        f"Runbooks: {listed} (search_runbooks finds any added since)." if names else "Find names with search_runbooks."
+    )
 
 
 def _kill_group(process: asyncio.subprocess.Process) -> None:

@@ -53,7 +53,7 @@ def _binaries() -> tuple[Path, Path, Path]:
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
-def _die_with(parent: int) -> Callable[[], None] | None:
+def die_with(parent: int) -> Callable[[], None] | None:
     """For Popen's ``preexec_fn``: the child gets SIGTERM when ``parent`` ends. Linux only; elsewhere None.
 
     The kernel watches the *thread* that forks, not the process: a worker thread that started the server and then
@@ -118,7 +118,7 @@ class EmbeddedRedis:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             start_new_session=True,  # out of the terminal's process group: its Ctrl-C is the owner's to handle
-            preexec_fn=_die_with(os.getpid()),
+            preexec_fn=die_with(os.getpid()),
             env=child_env(os.environ),  # never the owner's tokens or keys: the server needs none of them
         )
         self._wait_ready(log)

@@ -123,3 +123,8 @@ class InvalidURL(OutboundRefused):
 class OutboundFailed(OutboundError):
     """No HTTP answer. The message never says why: refused, reset, timeout, TLS or a banner all read the same,
     so the result cannot be used to tell an open port from a closed one."""
+
+
+class ModelProblem(ChatOpsError):
+    """The model could not be used, or answered in a way the bot cannot act on; the message says what to fix (which
+    variable, which server flag)."""

@@ -51,11 +51,17 @@ def describe(snapshot: StateSnapshot) -> CheckpointInfo:
     ai = last_ai_message(messages)
     results = [m for m in messages[messages.index(ai) + 1 :] if isinstance(m, ToolMessage)] if ai else []
     last_review = values.get("reviews", [])[-1:] or [None]
-    rejected = {c["tool_call_id"] for c in (last_review[0] or {}).get("calls", []) if c["decision"] == "reject"}
-    ran = ", ".join(
-        f"{m.name} {'rejected' if m.tool_call_id in rejected else 'failed' if m.status == 'error' else 'ok'}"
-        for m in results
-    )
+    decided = {c["tool_call_id"]: c for c in (last_review[0] or {}).get("calls", [])}
+
+    def result(m: ToolMessage) -> str:
+        record = decided.get(m.tool_call_id, {})
+        if record.get("mode") == "repeat":
+            return "already done"
+        if record.get("decision") == "reject":
+            return "rejected"
+        return "failed" if m.status == "error" else "ok"
+
+    ran = ", ".join(f"{m.name} {result(m)}" for m in results)
     decided_by: tuple[str, ...] = ()
     if metadata.get("source") == "input" or not messages:
         summary = "task received"
@@ -141,7 +147,11 @@ def close_open_calls(snapshot: StateSnapshot, reason: str) -> list[ToolMessage]:
 
 def _decisions_line(review: dict[str, Any]) -> str:
     words = {"approve": "approved", "edit": "edited and approved", "reject": "rejected"}
-    return ", ".join(f"{call['name']} {words.get(call['decision'], call['decision'])}" for call in review["calls"])
+
+    def word(call: dict[str, Any]) -> str:
+        return "already done" if call.get("mode") == "repeat" else words.get(call["decision"], call["decision"])
+
+    return ", ".join(f"{call['name']} {word(call)}" for call in review["calls"])
 
 
 def from_stream(payload: Mapping[str, Any]) -> StateSnapshot:

@@ -35,6 +35,8 @@ def make_model(settings: CoreSettings, runbooks_dir: Path) -> BaseChatModel:
             streaming=True,
             timeout=120,
             max_retries=2,
+            # A bound on one answer: a small model can write the same block until its context is full.
+            max_completion_tokens=settings.model_max_tokens,
         )
     return OfflinePlanner(runbooks_dir=runbooks_dir, health_url=settings.health_url)
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from .errors import InvalidArguments, InvalidDecision
 from .policy import Policy
+from .textcalls import READ_FROM_TEXT, is_text_call
 from .tools import ASSESS_TIMEOUT_S, ToolRegistry, summarize_args
 from .types import ActionRequest, Assessment, Decision, ReviewConfig, ReviewRequest
 
@@ -35,9 +36,11 @@ def build_request(
             "description": f"{call['name']}({summarize_args(call['args'])})",
             "tool_call_id": call["id"],
         }
-        facts = ((assessments or {}).get(call["id"]) or {}).get("facts")
+        facts = list(((assessments or {}).get(call["id"]) or {}).get("facts") or [])
+        if is_text_call(call["id"]):
+            facts.insert(0, READ_FROM_TEXT)
         if facts:
-            action["facts"] = list(facts)
+            action["facts"] = facts
         actions.append(action)
         configs.append(
             {

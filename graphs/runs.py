@@ -44,6 +44,7 @@ from .checkpoints import CompactRedisSaver
 from .errors import (
     EmptyTask,
     LockLost,
+    ModelProblem,
     NotPending,
     RunPaused,
     UnknownCheckpoint,
@@ -63,6 +64,7 @@ from .locks import ThreadLocks
 from .policy import Policy
 from .review import check_edited_call, check_response
 from .run_index import RedisRunIndex, RunIndex
+from .textcalls import is_text_call
 from .tools import ToolRegistry
 from .types import (
     Cancelled,
@@ -152,7 +154,7 @@ class Runs:
                 raise RunPaused(f"thread {thread_id} is waiting for a review; decide or cancel it first")
             run = {"task": task, "requester": requester or ""}
             await self._index.open_turn(thread_id, time.time(), **run, status="running", error="")
-            update = {"messages": [HumanMessage(task)], "outcome": "", "report": ""}
+            update = {"messages": [HumanMessage(task)], "outcome": "", "report": "", "stop": ""}
             # The cancel flag was just cleared: the watcher's first look can wait a poll.
             return await self._drive(
                 thread_id,
@@ -466,8 +468,12 @@ class Runs:
     async def _fail(self, thread_id: str, exc: Exception, emit: OnEvent) -> RunResult:
         """The run failed: marked failed with its turn closed (best effort: if Redis cannot be reached for that, the
         run stays listed as running and a sweeper's recover() settles it later)."""
-        log.error("run of thread %s failed", thread_id, exc_info=exc)
-        error = self._redact(f"{exc.__class__.__name__}: {exc}")
+        if isinstance(exc, ModelProblem):  # not a bug: the message says what to fix
+            log.warning("run of thread %s failed: %s", thread_id, self._redact(str(exc)))
+            error = self._redact(str(exc))
+        else:
+            log.error("run of thread %s failed", thread_id, exc_info=exc)
+            error = self._redact(f"{exc.__class__.__name__}: {exc}")
         try:
             await self._end(thread_id, "failed", "", _FAILED_UNANSWERED, detail=error[:2000], error=error[:2000])
         except Exception as end_exc:  # noqa: BLE001 - the turn stays open; the index at least says failed
@@ -541,11 +547,16 @@ class Runs:
                 outcomes = proposed_outcomes(
                     ai.tool_calls, self.registry, self.policy, chunk["planner"].get("assessments") or {}
                 )
+                repeats = chunk["planner"].get("repeats") or {}
                 calls = [
-                    {**call, "mode": outcomes[call_id(call)][0], "why": outcomes[call_id(call)][1]}
+                    {**call, "mode": "repeat", "why": "already ran in this task; not run again"}
+                    if call_id(call) in repeats
+                    else {**call, "mode": outcomes[call_id(call)][0], "why": outcomes[call_id(call)][1]}
                     for call in ai.tool_calls
                 ]
-                return [ToolProposed(thread_id, calls)]
+                # Calls read from the model's text: what streamed was their JSON; the model's words are the rest.
+                said = message_text(ai) if any(is_text_call(call_id(c)) for c in ai.tool_calls) else None
+                return [ToolProposed(thread_id, calls, said)]
         return []
 
     async def _watch_cancel(self, thread_id: str, stream: asyncio.Task[Any], first_after_s: float = 0.0) -> None:

@@ -12,7 +12,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ResponseError
 
-from .agent import SYSTEM_PROMPT, build_graph
+from .agent import SYSTEM_PROMPT, Limits, build_graph
 from .builtin_tools import BUNDLED_RUNBOOKS, PostMessage, build_registry
 from .checkpoints import CompactRedisSaver
 from .embedded_redis import EmbeddedRedis
@@ -124,6 +124,7 @@ async def open_runtime(
             ledger=RedisLedger(redis, prefix=settings.keys.ledger_prefix, ttl_s=ttl_s),
             redactor=redactor,
             system_prompt=system_prompt(settings),
+            limits=Limits(settings.max_planner_turns, settings.max_tool_calls),
         )
         runs = Runs(graph, registry, policy, redis, prefix=settings.key_prefix, ttl_s=ttl_s, redact=redactor)
         yield Runtime(settings, runs, redis, redis_url, embedded)

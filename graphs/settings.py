@@ -27,6 +27,11 @@ class CoreSettings:
     ttl_minutes: int = DEFAULT_TTL_S // 60  # how long threads, checkpoints and approvals are kept in Redis
     runbooks_dir: Path | None = None  # unset: the bundled example runbooks
     runbook_timeout_s: float = 60.0
+    # Per task: how many times the model may be asked, and how many tool calls may run, before the run is stopped
+    # (a small model can loop; these end it with a reason instead of running on).
+    max_planner_turns: int = 8
+    model_max_tokens: int = 1024  # CHATOPS_MODEL_MAX_TOKENS: the longest answer asked of the model, in tokens
+    max_tool_calls: int = 40
     health_url: str | None = None  # what the offline planner checks when a request says "API" without a URL
     key_prefix: str = DEFAULT_PREFIX  # two deployments sharing one Redis need different prefixes
     # Each of the core's two Redis clients (the bot's keys and run index; the checkpointer) keeps at most this many
@@ -82,6 +87,9 @@ class CoreSettings:
             ttl_minutes=int(number("CHATOPS_TTL_MINUTES", DEFAULT_TTL_S // 60, int)),
             runbooks_dir=Path(env["CHATOPS_RUNBOOKS_DIR"]) if env.get("CHATOPS_RUNBOOKS_DIR") else None,
             runbook_timeout_s=number("CHATOPS_RUNBOOK_TIMEOUT", 60.0),
+            max_planner_turns=int(number("CHATOPS_MAX_PLANNER_TURNS", 8, int)),
+            model_max_tokens=int(number("CHATOPS_MODEL_MAX_TOKENS", 1024, int)),
+            max_tool_calls=int(number("CHATOPS_MAX_TOOL_CALLS", 40, int)),
             health_url=env.get("CHATOPS_HEALTH_URL") or None,
             key_prefix=env.get("CHATOPS_KEY_PREFIX") or DEFAULT_PREFIX,
             redis_max_connections=int(number("CHATOPS_REDIS_MAX_CONNECTIONS", 100, int)),

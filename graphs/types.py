@@ -119,9 +119,12 @@ class Token(RunEvent):
 
 @dataclass(frozen=True)
 class ToolProposed(RunEvent):
-    """The model proposed calls; ``mode`` says per call what policy decided (auto/ask/deny)."""
+    """The model proposed calls; ``mode`` says per call what policy decided (auto/ask/deny, invalid, or repeat: the
+    same call already ran in this task). ``said``: the model's words, when they are not what streamed (its calls
+    were read out of its text)."""
 
     calls: list[dict[str, Any]]
+    said: str | None = None
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ While it runs it holds `<data dir>/sandbox.lock`, so a second sandbox or `make r
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import os
 import secrets
@@ -23,6 +24,7 @@ from aiohttp import web
 
 from graphs.embedded_redis import EmbeddedRedis
 from graphs.errors import ChatOpsError
+from graphs.model_errors import check_model
 from graphs.settings import DEFAULT_MODEL
 from sandbox.datadir import DataDirLock
 from sandbox.health import health_env, health_label, health_routes, health_url
@@ -63,6 +65,15 @@ def model_label(env: Mapping[str, str]) -> str:
         return "offline planner (no model configured)"
     name = env.get("CHATOPS_MODEL") or DEFAULT_MODEL
     return f"{name} at {env['OPENAI_BASE_URL']}" if env.get("OPENAI_BASE_URL") else name
+
+
+def model_check(env: Mapping[str, str]) -> str:
+    """The start-up model check's line (graphs.model_errors.check_model), as the bot also logs it."""
+    configured = any(env.get(name) for name in MODEL_VARS)
+    checked = asyncio.run(
+        check_model(env.get("OPENAI_BASE_URL"), env.get("OPENAI_API_KEY"), env.get("CHATOPS_MODEL"), configured)
+    )
+    return checked.line
 
 
 def bot_env(env: Mapping[str, str], slack: LocalSlack, redis_url: str) -> dict[str, str]:
@@ -182,9 +193,11 @@ def main(argv: list[str] | None = None) -> int:
         if stop.is_set():
             print("sandbox: stopped during start-up", flush=True)
             return 0
+        checked = model_check(env)
         print(
             f"\nThe chat-ops sandbox is running: open {slack.url} in your browser.\n"
             f"  model:     {label}\n"
+            f"             {checked}\n"
             f"  people:    Alice (requester, admin), Bob (approver), Carol (not an approver): switch at the top\n"
             f"  health:    {health_label(env, health_url(slack.url))}\n"
             f"  approvals: cards of DM requests go to "

@@ -129,6 +129,14 @@ class Conversation:
 # --- building OpenAI-shaped payloads ----------------------------------------------------------------------------
 
 
+PROBE_TOOL = "chatops_probe"  # graphs.model_errors.PROBE_TOOL: the tool the bot's start-up check asks for
+
+
+def _is_probe(body: Mapping[str, Any]) -> bool:
+    tools = body.get("tools") or []
+    return len(tools) == 1 and (tools[0].get("function") or {}).get("name") == PROBE_TOOL
+
+
 def _error(message: str, kind: str, code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "param": None, "code": code}}
 
@@ -261,7 +269,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _chat_completions(self, body: dict[str, Any]) -> None:
         owner = self.server.owner
         conversation = Conversation(body)
-        reply = owner._match(body, conversation)
+        if _is_probe(body):  # the bot's start-up check: answered as a model with tool support, not recorded
+            reply: Mapping[str, Any] | None = owner.probe_reply
+        else:
+            reply = owner._match(body, conversation)
         if reply is None:
             message = f"scripted server: no rule matches; {conversation.describe()}"
             # 400, not 5xx: the client must not retry an unscripted prompt, it must fail now.
@@ -364,6 +375,8 @@ class ScriptedOpenAI:
         self._unmatched: list[dict[str, Any]] = []
         self._port = port
         self._models = list(models)
+        # How the bot's start-up probe is answered (graphs.model_errors.probe): as a model with tool-call support.
+        self.probe_reply: Mapping[str, Any] = {"tool_calls": [{"name": PROBE_TOOL, "args": {"word": "ok"}}]}
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self.log_requests = log_requests
