@@ -15,8 +15,11 @@ Each cycle also records the CPU this process spent on it, and, when the cycles r
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
@@ -31,6 +34,7 @@ from langgraph.types import Command, interrupt
 from pydantic import SecretStr
 
 from graphs.builtin_tools import build_registry
+from graphs.redaction import child_env
 from graphs.runtime import open_runtime
 from graphs.settings import CoreSettings
 from graphs.types import approve
@@ -78,15 +82,7 @@ def floor_graph(saver: AsyncRedisSaver, runbook: Path) -> CompiledStateGraph:
     async def execute(state: FloorState) -> dict[str, Any]:
         if state.get("decision") != "approve":
             return {"output": "rejected"}
-        process = await asyncio.create_subprocess_exec(
-            "bash",
-            str(runbook),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        output, _ = await asyncio.wait_for(process.communicate(), CYCLE_TIMEOUT_S)
-        return {"output": output.decode(errors="replace").strip()}
+        return {"output": await _run_runbook(runbook)}
 
     graph = StateGraph(FloorState)
     graph.add_node("plan", plan)
@@ -97,6 +93,20 @@ def floor_graph(saver: AsyncRedisSaver, runbook: Path) -> CompiledStateGraph:
     graph.add_edge("review", "execute")
     graph.add_edge("execute", END)
     return graph.compile(checkpointer=saver)
+
+
+async def _run_runbook(script: Path) -> str:
+    """The approved call of every floor: the runbook as a process, with the plain environment the bot gives one."""
+    process = await asyncio.create_subprocess_exec(
+        "bash",
+        str(script),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=child_env(os.environ),
+    )
+    output, _ = await asyncio.wait_for(process.communicate(), CYCLE_TIMEOUT_S)
+    return output.decode(errors="replace").strip()
 
 
 class ModelFloorState(MessagesState, total=False):
@@ -128,15 +138,8 @@ def model_floor_graph(saver: AsyncRedisSaver, runbooks: Path, model_url: str) ->
         last = state["messages"][-1]
         assert isinstance(last, AIMessage)
         call = last.tool_calls[0]
-        process = await asyncio.create_subprocess_exec(
-            "bash",
-            str(runbooks / f"{call['args']['name']}.sh"),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        output, _ = await asyncio.wait_for(process.communicate(), CYCLE_TIMEOUT_S)
-        return {"messages": [ToolMessage(output.decode(errors="replace").strip(), tool_call_id=call["id"])]}
+        output = await _run_runbook(runbooks / f"{call['args']['name']}.sh")
+        return {"messages": [ToolMessage(output, tool_call_id=call["id"])]}
 
     graph = StateGraph(ModelFloorState)
     graph.add_node("plan", plan)
@@ -175,35 +178,60 @@ class _Clock:
         )
 
 
-async def bare_langgraph_cycles(
-    redis_url: str, runbook: Path, cycles: int, meter: RedisMeter | None = None
+async def _timed_cycles(
+    cycles: int,
+    meter: RedisMeter | None,
+    prefix: str,
+    to_pause: Callable[[str], Awaitable[None]],
+    to_end: Callable[[str], Awaitable[None]],
 ) -> list[CycleSample]:
-    """`cycles` approval cycles on bare LangGraph + AsyncRedisSaver (after a short warm-up); with `meter`, through
-    it (`redis_url` is then the meter's)."""
+    """`cycles` cycles (after a short warm-up), each on a new thread: `to_pause` runs it until it waits for review,
+    `to_end` approves and runs it to the end; each raises if the cycle did not go so."""
+    samples = []
+    for n in range(WARMUP_CYCLES + cycles):
+        thread_id = f"{prefix}-{uuid.uuid4().hex[:12]}"
+        clock = _Clock(meter)
+        await asyncio.wait_for(to_pause(thread_id), CYCLE_TIMEOUT_S)
+        clock.pause()
+        await asyncio.wait_for(to_end(thread_id), CYCLE_TIMEOUT_S)
+        if n >= WARMUP_CYCLES:
+            samples.append(clock.sample())
+    return samples
+
+
+@contextlib.asynccontextmanager
+async def _saver(redis_url: str) -> AsyncIterator[AsyncRedisSaver]:
     saver = AsyncRedisSaver(redis_url=redis_url, ttl=TTL)
     await saver.asetup()
     try:
-        graph = floor_graph(saver, runbook)
-        samples = []
-        for n in range(WARMUP_CYCLES + cycles):
-            config: RunnableConfig = {"configurable": {"thread_id": f"bench-floor-{uuid.uuid4().hex}"}}
-            clock = _Clock(meter)
-            paused = await asyncio.wait_for(
-                graph.ainvoke({"task": RECORD_TASK}, config, durability="sync"), CYCLE_TIMEOUT_S
-            )
-            if "__interrupt__" not in paused:
-                raise RuntimeError(f"the floor graph did not pause for review: {paused}")
-            clock.pause()
-            done = await asyncio.wait_for(
-                graph.ainvoke(Command(resume={"type": "approve"}), config, durability="sync"), CYCLE_TIMEOUT_S
-            )
-            if not str(done.get("output", "")).startswith("recorded"):
-                raise RuntimeError(f"the floor graph did not run the runbook: {done}")
-            if n >= WARMUP_CYCLES:
-                samples.append(clock.sample())
-        return samples
+        yield saver
     finally:
         await saver.__aexit__(None, None, None)
+
+
+def _thread(thread_id: str) -> RunnableConfig:
+    return {"configurable": {"thread_id": thread_id}}
+
+
+async def bare_langgraph_cycles(
+    redis_url: str, runbook: Path, cycles: int, meter: RedisMeter | None = None
+) -> list[CycleSample]:
+    """`cycles` approval cycles on bare LangGraph + AsyncRedisSaver; with `meter`, through it (`redis_url` is then
+    the meter's)."""
+    async with _saver(redis_url) as saver:
+        graph = floor_graph(saver, runbook)
+
+        async def to_pause(thread_id: str) -> None:
+            paused = await graph.ainvoke({"task": RECORD_TASK}, _thread(thread_id), durability="sync")
+            if "__interrupt__" not in paused:
+                raise RuntimeError(f"the floor graph did not pause for review: {paused}")
+
+        async def to_end(thread_id: str) -> None:
+            done = await graph.ainvoke(Command(resume={"type": "approve"}), _thread(thread_id), durability="sync")
+            if not str(done.get("output", "")).startswith("recorded"):
+                raise RuntimeError(f"the floor graph did not run the runbook: {done}")
+
+        return await _timed_cycles(cycles, meter, "bench-floor", to_pause, to_end)
 
 
 async def model_floor_cycles(
@@ -211,38 +239,27 @@ async def model_floor_cycles(
 ) -> list[CycleSample]:
     """`cycles` approval cycles on bare LangGraph + AsyncRedisSaver + ChatOpenAI (`model_floor_graph`), streaming
     updates and tokens as an app showing progress does."""
-    saver = AsyncRedisSaver(redis_url=redis_url, ttl=TTL)
-    await saver.asetup()
-    try:
+    async with _saver(redis_url) as saver:
         graph = model_floor_graph(saver, runbooks, model_url)
 
-        async def run(graph_input: Any, config: RunnableConfig) -> list[BaseMessage]:
-            async def stream() -> None:
-                async for _ in graph.astream(
-                    graph_input, config, stream_mode=["updates", "messages"], durability="sync"
-                ):
-                    pass
-
-            await asyncio.wait_for(stream(), CYCLE_TIMEOUT_S)
+        async def run(graph_input: Any, thread_id: str) -> list[BaseMessage]:
+            config = _thread(thread_id)
+            async for _ in graph.astream(graph_input, config, stream_mode=["updates", "messages"], durability="sync"):
+                pass
             state = await graph.aget_state(config)
             return list(state.values.get("messages", []))
 
-        samples = []
-        for n in range(WARMUP_CYCLES + cycles):
-            config: RunnableConfig = {"configurable": {"thread_id": f"bench-model-floor-{uuid.uuid4().hex}"}}
-            clock = _Clock(meter)
-            planned = await run({"messages": [HumanMessage(RECORD_TASK)]}, config)
+        async def to_pause(thread_id: str) -> None:
+            planned = await run({"messages": [HumanMessage(RECORD_TASK)]}, thread_id)
             if not (isinstance(planned[-1], AIMessage) and planned[-1].tool_calls):
                 raise RuntimeError(f"the model floor did not pause for review: {planned[-1]}")
-            clock.pause()
-            done = await run(Command(resume={"type": "approve"}), config)
+
+        async def to_end(thread_id: str) -> None:
+            done = await run(Command(resume={"type": "approve"}), thread_id)
             if not (isinstance(done[-1], AIMessage) and not done[-1].tool_calls and len(done) == 4):
                 raise RuntimeError(f"the model floor did not report: {done[-1]}")
-            if n >= WARMUP_CYCLES:
-                samples.append(clock.sample())
-        return samples
-    finally:
-        await saver.__aexit__(None, None, None)
+
+        return await _timed_cycles(cycles, meter, "bench-model-floor", to_pause, to_end)
 
 
 async def runs_layer_cycles(
@@ -259,23 +276,18 @@ async def runs_layer_cycles(
         runbook_timeout_s=CYCLE_TIMEOUT_S,
         key_prefix=f"benchruns{uuid.uuid4().hex[:8]}:",
     )
-    samples = []
     async with open_runtime(settings) as runtime:
-        for n in range(WARMUP_CYCLES + cycles):
-            thread_id = f"bench-runs-{uuid.uuid4().hex[:12]}"
-            clock = _Clock(meter)
-            paused = await asyncio.wait_for(
-                runtime.runs.start(thread_id, RECORD_TASK, requester=REQUESTER), CYCLE_TIMEOUT_S
-            )
+        waiting: dict[str, str] = {}  # thread -> the interrupt its review waits on
+
+        async def to_pause(thread_id: str) -> None:
+            paused = await runtime.runs.start(thread_id, RECORD_TASK, requester=REQUESTER)
             if paused.status != "waiting" or paused.pending is None:
                 raise RuntimeError(f"the Runs layer did not pause for review: {paused}")
-            clock.pause()
-            done = await asyncio.wait_for(
-                runtime.runs.resume(thread_id, paused.pending.interrupt_id, [approve()], decided_by=APPROVER),
-                CYCLE_TIMEOUT_S,
-            )
+            waiting[thread_id] = paused.pending.interrupt_id
+
+        async def to_end(thread_id: str) -> None:
+            done = await runtime.runs.resume(thread_id, waiting.pop(thread_id), [approve()], decided_by=APPROVER)
             if done.status != "done":
                 raise RuntimeError(f"the Runs layer did not finish: {done}")
-            if n >= WARMUP_CYCLES:
-                samples.append(clock.sample())
-    return samples
+
+        return await _timed_cycles(cycles, meter, "bench-runs", to_pause, to_end)

@@ -111,7 +111,7 @@ def log_tail(path: Path, chars: int = LOG_TAIL_CHARS) -> str:
         return file.read().decode(errors="replace")
 
 
-def run_logged(cmd: Sequence[str | Path], log: Path, *, timeout_s: float, env: Mapping[str, str] | None = None) -> None:
+def run_logged(cmd: Sequence[str | Path], log: Path, *, timeout_s: float, env: Mapping[str, str]) -> None:
     """Run `cmd` with its output appended to `log`, in its own process group, which is killed whole on a timeout or
     an interrupt (so no compiler outlives a cancelled build). Raises FetchFailed with the log's tail."""
     with open(log, "ab") as out:
@@ -122,7 +122,7 @@ def run_logged(cmd: Sequence[str | Path], log: Path, *, timeout_s: float, env: M
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
-            env=dict(env) if env is not None else None,
+            env=dict(env),  # always given: never the caller's whole environment, which holds its tokens
             start_new_session=True,
         )
     try:
@@ -150,12 +150,31 @@ def _kill_group(process: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> 
         process.wait(STOP_TIMEOUT_S)
 
 
+# What pip may need from the caller's environment: its own settings (index, trusted hosts), proxies, certificates.
+PIP_ENV_PREFIXES = (
+    "PIP_",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "ALL_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+)
+PIP_ENV_NAMES = ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "VIRTUAL_ENV")
+
+
+def pip_env(env: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """pip's environment: the plain child one plus pip's own configuration, never the bot's tokens and keys."""
+    passed = [name for name in env if name.startswith(PIP_ENV_PREFIXES) or name in PIP_ENV_NAMES]
+    return child_env(env, passed)
+
+
 def pip_download(requirements: Sequence[str], dest: Path, log: Path, *, binary: bool) -> None:
-    """`pip download --no-deps` into `dest`: wheels only (`binary`) or source packages only. pip keeps the caller's
-    environment: its index, certificates and proxies are configured there."""
+    """`pip download --no-deps` into `dest`: wheels only (`binary`) or source packages only."""
     only = "--only-binary" if binary else "--no-binary"
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-input", "--progress-bar", "off"]
-    run_logged([*cmd, only, ":all:", "-d", dest, *requirements], log, timeout_s=PIP_TIMEOUT_S, env=os.environ)
+    run_logged([*cmd, only, ":all:", "-d", dest, *requirements], log, timeout_s=PIP_TIMEOUT_S, env=pip_env())
 
 
 # -- the model ---------------------------------------------------------------------------------------------------
@@ -308,7 +327,7 @@ def build_tools(log: Path) -> tuple[Path, Path | None]:
             [sys.executable, "-m", "pip", "install", "--no-input", "cmake", "ninja"],
             log,
             timeout_s=PIP_TIMEOUT_S,
-            env=os.environ,
+            env=pip_env(),
         )
         cmake = find("cmake")
         if cmake is None:

